@@ -1,0 +1,39 @@
+"""Error types. Each carries the one line the user sees on stdout (GrootFS convention)."""
+from __future__ import annotations
+
+
+class GrootError(Exception):
+    """A failure the user can act on: its message is printed as one line, exit code 1."""
+
+    exit_code = 1
+
+
+class UsageError(GrootError):
+    """Bad arguments, flags or configuration."""
+
+
+class NotFound(GrootError):
+    """An image, store, tag or file that does not exist."""
+
+
+class ImageError(GrootError):
+    """An image source is malformed, unsupported or refuses to serve it."""
+
+
+class LayerError(ImageError):
+    """A layer failed verification (size, digest, diffID) or holds a hostile entry.
+
+    The message names the layer; nothing from the layer is kept in the store.
+    """
+
+
+class StoreError(GrootError):
+    """The store is missing, belongs to someone else, or its metadata disagrees with the request."""
+
+
+class NamespaceError(GrootError):
+    """The user namespace or the store's keeper could not be set up or joined."""
+
+
+class QuotaError(GrootError):
+    """A disk limit was requested but cannot be applied here."""

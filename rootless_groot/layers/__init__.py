@@ -1,0 +1,1 @@
+"""Layer blobs: decompression, verification while streaming, and safe unpacking."""

@@ -1,0 +1,1 @@
+"""The on-disk store: layer cache, images, locks and garbage collection."""
