@@ -1,0 +1,327 @@
+"""Command line: GrootFS's commands and flags (Garden's image-plugin contract), plus extras.
+
+Success output goes to stdout (JSON where Garden expects it); any failure is one line on
+stdout and exit status 1 (GrootFS convention); logs go to stderr or ``--log-file``.
+Heavy modules are imported inside the commands that need them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, NoReturn
+
+from . import __version__, log
+from .errors import GrootError, NotFound, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"invalid arguments - {message} - usage: {self.format_usage().strip().removeprefix('usage: ')}")
+
+
+def _parser() -> _Parser:
+    p = _Parser(prog="rootless-groot", description="Rootless container image manager (GrootFS-compatible).")
+    p.add_argument("--version", action="version", version=f"rootless-groot {__version__}")
+    p.add_argument("--config", help="GrootFS-style YAML config file (flags override it)")
+    p.add_argument("--store", help="store directory (default: $XDG_DATA_HOME/rootless-groot, or /var/lib/rootless-groot as root)")
+    p.add_argument("--log-level", help="debug, info, error or fatal (default: fatal)")
+    p.add_argument("--log-file", help="append logs to this file instead of stderr")
+    p.add_argument("--newuidmap-bin", help="newuidmap binary (default: newuidmap)")
+    p.add_argument("--newgidmap-bin", help="newgidmap binary (default: newgidmap)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    c = sub.add_parser("init-store", help="create a store and record its id mappings")
+    c.add_argument("--uid-mapping", action="append", default=[], metavar="NS:HOST:SIZE")
+    c.add_argument("--gid-mapping", action="append", default=[], metavar="NS:HOST:SIZE")
+    c.add_argument("--store-size-bytes", type=int, default=None)
+    c.add_argument("--with-direct-io", action="store_true", help="accepted for GrootFS compatibility")
+
+    sub.add_parser("delete-store", help="unmount and remove the store and everything in it")
+
+    c = sub.add_parser("create", help="make a root filesystem for a container from an image")
+    c.add_argument("--disk-limit-size-bytes", type=int, default=None)
+    c.add_argument("--exclude-image-from-quota", action="store_true", default=None)
+    c.add_argument("--skip-layer-validation", action="store_true", default=None)
+    c.add_argument("--with-clean", dest="with_clean", action="store_true", default=None)
+    c.add_argument("--without-clean", dest="with_clean", action="store_false")
+    c.add_argument("--threshold-bytes", type=int, default=None)
+    c.add_argument("--with-mount", dest="without_mount", action="store_false", default=None)
+    c.add_argument("--without-mount", dest="without_mount", action="store_true")
+    c.add_argument("--username", default=None)
+    c.add_argument("--password", default=None)
+    c.add_argument("--insecure-registry", action="append", default=None)
+    c.add_argument("--platform", default=None, help="OS/ARCH[/VARIANT] to pick from a multi-platform image")
+    c.add_argument("--clean-log-file", default=None, help="accepted for GrootFS compatibility")
+    c.add_argument("image")
+    c.add_argument("id")
+
+    c = sub.add_parser("delete", help="unmount and remove an image")
+    c.add_argument("id", nargs="?")
+    c = sub.add_parser("stats", help="disk usage of an image, as JSON")
+    c.add_argument("id")
+    c = sub.add_parser("list", help="list images")
+    c.add_argument("--json", action="store_true", help="one JSON document with ids, paths and sizes")
+    c = sub.add_parser("clean", help="remove layers no image uses and leftovers of interrupted commands")
+    c.add_argument("--threshold-bytes", type=int, default=None)
+    sub.add_parser("capacity", help="the store's configured size, as JSON")
+    c = sub.add_parser("enter", help="run a command inside the store's user and mount namespace")
+    c.add_argument("cmd", nargs=argparse.REMAINDER)
+    return p
+
+
+def _config(args: argparse.Namespace):
+    from . import config
+
+    overrides: dict[str, Any] = {
+        "store": args.store,
+        "log_level": args.log_level,
+        "log_file": args.log_file,
+        "newuidmap_bin": args.newuidmap_bin,
+        "newgidmap_bin": args.newgidmap_bin,
+    }
+    for name in ("disk_limit_size_bytes", "exclude_image_from_quota", "skip_layer_validation", "with_clean",
+                 "without_mount"):
+        overrides[name] = getattr(args, name, None)
+    overrides["clean_threshold_bytes"] = getattr(args, "threshold_bytes", None)
+    overrides["store_size_bytes"] = getattr(args, "store_size_bytes", None)
+    overrides["insecure_registries"] = getattr(args, "insecure_registry", None)
+    return config.build(args.config, overrides)
+
+
+def _print_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, separators=(",", ":")) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = _parser().parse_args(argv)
+        if not args.command:
+            raise UsageError("no command given: see `rootless-groot --help`")
+        cfg = _config(args)
+        log.configure(cfg.log_level, cfg.log_file)
+        return COMMANDS[args.command](args, cfg) or 0
+    except GrootError as e:
+        log.error("command-failed", error=str(e))
+        print(str(e).replace("\n", " "), flush=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        return 130
+    except OSError as e:
+        log.error("command-failed", error=repr(e))
+        where = f": {e.filename}" if e.filename else ""
+        print(f"{e.strerror or e}{where}", flush=True)
+        return 1
+
+
+def _open(cfg):
+    from .store.context import StoreContext
+
+    return StoreContext.open(cfg)
+
+
+def cmd_init_store(args, cfg) -> int:
+    from .mappings import default_mappings, parse_mappings
+    from .store.context import init_store
+
+    explicit = bool(args.uid_mapping or args.gid_mapping)
+    if explicit:
+        uids, gids = parse_mappings(args.uid_mapping), parse_mappings(args.gid_mapping)
+    elif os.geteuid() == 0:
+        uids, gids = (), ()
+    else:
+        uids, gids = default_mappings()
+    if args.store_size_bytes:
+        from .errors import QuotaError
+
+        raise QuotaError("--store-size-bytes needs the quota support, which is not installed yet")
+    meta = init_store(cfg, uids, gids, explicit)
+    from .mappings import is_single_id
+
+    if meta.rootless and is_single_id(meta.uid_mappings):
+        log.warn("init-store.single-id", text="no subordinate ids for your user in /etc/subuid: files owned by "
+                 "other users in images will belong to you (a single-ID mapping)")
+    return 0
+
+
+def _open_or_init(cfg):
+    """Open the store, creating it with the default mappings on first use (as podman does)."""
+    from .store.layout import Store
+
+    if not Store(cfg.store).exists():
+        from .mappings import default_mappings
+        from .store.context import init_store
+
+        uids, gids = default_mappings() if os.geteuid() != 0 else ((), ())
+        init_store(cfg, uids, gids, explicit=False)
+    return _open(cfg)
+
+
+def cmd_create(args, cfg) -> int:
+    from .quota import check_available, effective_limit
+    from .refs import parse_ref
+    from .sources import open_source
+    from .sources.base import parse_platform
+    from .store.images import check_id, create_image, runtime_spec
+    from .store.layers import ensure_layers
+    from .store.locks import flocked
+
+    check_id(args.id)
+    ctx = _open_or_init(cfg)
+    if os.path.exists(ctx.store.image_dir(args.id)):
+        raise GrootError(f"image for id `{args.id}` already exists")
+    limit = effective_limit(cfg.disk_limit_size_bytes)
+    if limit:
+        check_available(ctx)
+    if cfg.with_clean:
+        from .store.gc import clean
+
+        clean(ctx, cfg.clean_threshold_bytes)
+    ref = parse_ref(args.image)
+    platform = parse_platform(args.platform) if args.platform else None
+    source = open_source(ref, platform, username=args.username, password=args.password,
+                         insecure_registries=cfg.insecure_registries)
+    try:
+        with flocked(ctx.store.lock_path("gc"), exclusive=False):
+            image = source.resolve()
+            ensure_layers(ctx, source, image.layers)
+            info = create_image(ctx, args.id, [layer.chain_id for layer in image.layers], image.env,
+                                mount=not cfg.without_mount, quota=limit,
+                                exclude_image_from_quota=cfg.exclude_image_from_quota)
+    finally:
+        source.close()
+    _print_json(runtime_spec(ctx, info))
+    return 0
+
+
+def _id_from_arg(ctx, arg: str) -> str | None:
+    """GrootFS accepts an id or ``<store>/images/<id>``; None if the path is elsewhere."""
+    if not arg.startswith("/"):
+        return arg
+    prefix = ctx.store.images + "/"
+    if not arg.startswith(prefix) or "/" in arg[len(prefix):].rstrip("/"):
+        return None
+    return arg[len(prefix):].rstrip("/")
+
+
+def cmd_delete(args, cfg) -> int:
+    from .store.images import delete_image
+    from .store.layout import Store
+
+    if not args.id:
+        raise UsageError("id was not specified")
+    if not Store(cfg.store).exists():
+        print(f"Image `{args.id}` not found. Skipping delete.")
+        return 0
+    ctx = _open(cfg)
+    image_id = _id_from_arg(ctx, args.id)
+    if image_id is None:
+        print(f"path `{args.id}` is outside store path Skipping delete.")
+        return 0
+    try:
+        delete_image(ctx, image_id)
+    except NotFound:
+        print(f"Image `{image_id}` not found. Skipping delete.")
+        return 0
+    print(f"Image {image_id} deleted")
+    return 0
+
+
+def cmd_stats(args, cfg) -> int:
+    from .store.images import image_stats
+
+    ctx = _open(cfg)
+    image_id = _id_from_arg(ctx, args.id)
+    if image_id is None:
+        raise NotFound(f"Image `{args.id}` not found.")
+    _print_json(image_stats(ctx, image_id))
+    return 0
+
+
+def cmd_list(args, cfg) -> int:
+    from .store.images import image_ids, read_image
+
+    ctx = _open(cfg)
+    ids = image_ids(ctx)
+    if args.json:
+        images = []
+        for image_id in ids:
+            try:
+                info = read_image(ctx, image_id)
+            except GrootError:
+                continue
+            images.append({"id": image_id, "path": ctx.store.image_dir(image_id), "size": info.size,
+                           "layers": len(info.layers), "mounted": info.mount})
+        _print_json({"images": images})
+    elif not ids:
+        print("Store empty")
+    else:
+        sys.stdout.write("".join(ctx.store.image_dir(i) + "\n" for i in ids))
+    return 0
+
+
+def cmd_clean(args, cfg) -> int:
+    from .store.gc import clean
+    from .store.layout import Store
+
+    if not Store(cfg.store).exists():
+        print(f"no store found at {cfg.store}")
+        return 0
+    if clean(_open(cfg), cfg.clean_threshold_bytes):
+        print("clean completed")
+    else:
+        print("threshold not reached: skipping clean")
+    return 0
+
+
+def cmd_capacity(args, cfg) -> int:
+    _print_json({"capacity": cfg.store_size_bytes})
+    return 0
+
+
+def cmd_delete_store(args, cfg) -> int:
+    from . import namespace
+    from .mount import unmount
+    from .store.images import image_ids
+    from .store.layers import remove_tree
+    from .store.layout import Store
+
+    if not Store(cfg.store).exists():
+        return 0
+    ctx = _open(cfg)
+    ctx.enter()
+    for image_id in image_ids(ctx):
+        unmount(os.path.join(ctx.store.image_dir(image_id), "rootfs"))
+    namespace.stop_keeper(ctx.store)
+    remove_tree(ctx.store.root)
+    return 0
+
+
+def cmd_enter(args, cfg) -> int:
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        cmd = [os.environ.get("SHELL") or "/bin/sh"]
+    ctx = _open(cfg)
+    ctx.enter()
+    sys.stdout.flush()
+    try:
+        os.execvp(cmd[0], cmd)
+    except OSError as e:
+        raise GrootError(f"cannot run `{cmd[0]}`: {e.strerror}") from None
+    return 1
+
+
+COMMANDS = {
+    "init-store": cmd_init_store,
+    "delete-store": cmd_delete_store,
+    "create": cmd_create,
+    "delete": cmd_delete,
+    "stats": cmd_stats,
+    "list": cmd_list,
+    "clean": cmd_clean,
+    "capacity": cmd_capacity,
+    "enter": cmd_enter,
+}

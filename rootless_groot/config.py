@@ -1,0 +1,126 @@
+"""One frozen Config from GrootFS-style YAML plus command-line flags (flags win)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .errors import UsageError
+
+
+def default_store() -> str:
+    """``/var/lib/rootless-groot`` for root, ``$XDG_DATA_HOME/rootless-groot`` for everyone else."""
+    if os.geteuid() == 0:
+        return "/var/lib/rootless-groot"
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "rootless-groot")
+
+
+@dataclass(frozen=True)
+class Config:
+    store: str = ""
+    log_level: str | None = None
+    log_file: str | None = None
+    newuidmap_bin: str = "newuidmap"
+    newgidmap_bin: str = "newgidmap"
+    exclude_image_from_quota: bool = False
+    skip_layer_validation: bool = False
+    with_clean: bool = False
+    without_mount: bool = False
+    disk_limit_size_bytes: int = 0
+    insecure_registries: tuple[str, ...] = field(default_factory=tuple)
+    clean_threshold_bytes: int = 0
+    store_size_bytes: int = 0
+
+
+# YAML key path -> Config field
+_YAML_KEYS: dict[tuple[str, ...], tuple[str, type]] = {
+    ("store",): ("store", str),
+    ("log_level",): ("log_level", str),
+    ("log_file",): ("log_file", str),
+    ("newuidmap_bin",): ("newuidmap_bin", str),
+    ("newgidmap_bin",): ("newgidmap_bin", str),
+    ("create", "exclude_image_from_quota"): ("exclude_image_from_quota", bool),
+    ("create", "skip_layer_validation"): ("skip_layer_validation", bool),
+    ("create", "with_clean"): ("with_clean", bool),
+    ("create", "without_mount"): ("without_mount", bool),
+    ("create", "disk_limit_size_bytes"): ("disk_limit_size_bytes", int),
+    ("create", "insecure_registries"): ("insecure_registries", list),
+    ("clean", "threshold_bytes"): ("clean_threshold_bytes", int),
+    ("init", "store_size_bytes"): ("store_size_bytes", int),
+}
+# Keys GrootFS knows that have no meaning here; accepted so a GrootFS config file works unchanged.
+_IGNORED_KEYS = {
+    ("tardis_bin",), ("metron_endpoint",), ("create", "clean_log_file"),
+    ("create", "remote_layer_client_certificates_path"), ("init", "with_direct_io"),
+}
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    """Read a GrootFS config file into Config field values."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        raise UsageError(f"invalid config path: {path}") from None
+    import yaml  # only when a config file is given
+
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError:
+        raise UsageError(f"invalid config file: {path}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"invalid config file: {path}")
+    values: dict[str, Any] = {}
+
+    def walk(node: dict, prefix: tuple[str, ...]) -> None:
+        for key, value in node.items():
+            path_key = prefix + (str(key),)
+            if path_key in _YAML_KEYS:
+                name, kind = _YAML_KEYS[path_key]
+                values[name] = _coerce(value, kind, ".".join(path_key), path)
+            elif isinstance(value, dict) and len(path_key) == 1:
+                walk(value, path_key)
+            elif path_key not in _IGNORED_KEYS:
+                raise UsageError(f"invalid config file: {path}: unknown key `{'.'.join(path_key)}`")
+
+    walk(data, ())
+    return values
+
+
+def _coerce(value: Any, kind: type, key: str, path: str) -> Any:
+    if value is None:
+        return None
+    if kind is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UsageError(f"invalid config file: {path}: `{key}` must be a list of strings")
+        return tuple(value)
+    if kind is bool and not isinstance(value, bool):
+        raise UsageError(f"invalid config file: {path}: `{key}` must be true or false")
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise UsageError(f"invalid config file: {path}: `{key}` must be an integer")
+    if kind is str and not isinstance(value, str):
+        raise UsageError(f"invalid config file: {path}: `{key}` must be a string")
+    return value
+
+
+def build(config_file: str | None, overrides: dict[str, Any]) -> Config:
+    """Defaults < YAML file < flags. ``overrides`` holds only flags the user actually gave."""
+    values: dict[str, Any] = {}
+    if config_file:
+        values.update({k: v for k, v in load_yaml(config_file).items() if v is not None})
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key == "insecure_registries":
+            value = tuple(values.get("insecure_registries", ())) + tuple(value)
+        values[key] = value
+    cfg = replace(Config(), **values)
+    if not cfg.store:
+        cfg = replace(cfg, store=default_store())
+    cfg = replace(cfg, store=os.path.abspath(cfg.store))
+    if cfg.disk_limit_size_bytes < 0:
+        raise UsageError("invalid argument: disk limit cannot be negative")
+    if cfg.clean_threshold_bytes < 0:
+        raise UsageError("invalid argument: clean threshold cannot be negative")
+    return cfg

@@ -1,0 +1,228 @@
+"""The store's user + mount namespace, held by a keeper process (like podman's pause process).
+
+The first command that needs the namespace starts the keeper: a detached process that
+unshares a user and a mount namespace, gets the store's ID mapping written by
+``newuidmap``/``newgidmap`` (or directly, for a single-ID mapping), and then sleeps. Every
+later command joins it with ``setns`` (one join per command), so the mapping is set up once
+and overlay mounts made inside live on between commands. If the keeper is gone (reboot,
+killed), the next command starts a new one and the caller remounts the images.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+
+from . import log, syscalls
+from .errors import NamespaceError
+from .mappings import IDMapping, is_single_id, newidmap_args
+from .store.layout import Store, StoreMeta
+from .store.locks import flocked
+
+KEEPER_NAME = "rootless-groot-keeper"
+
+
+def keeper_pid_path(store: Store) -> str:
+    return os.path.join(store.run, "keeper.pid")
+
+
+def _keeper_argv0(store: Store) -> bytes:
+    return f"{KEEPER_NAME}:{store.root}".encode()
+
+
+def running_keeper(store: Store) -> int | None:
+    """The pid of this store's live keeper, or None.
+
+    A pid alone could be reused, so the process must also carry the store in its argv[0]
+    and belong to us.
+    """
+    try:
+        with open(keeper_pid_path(store)) as f:
+            pid = int(f.readline())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv0 = f.read().split(b"\0", 1)[0]
+        if argv0 != _keeper_argv0(store) or os.stat(f"/proc/{pid}").st_uid != os.getuid():
+            return None
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def _sleep_binary() -> str:
+    for path in ("/bin/sleep", "/usr/bin/sleep"):
+        if os.access(path, os.X_OK):
+            return path
+    found = shutil.which("sleep")
+    if not found:
+        raise NamespaceError("cannot start the store keeper: no `sleep` binary found")
+    return found
+
+
+def _start_keeper(store: Store) -> tuple[int, int]:
+    """Fork a fully detached keeper that unshares user+mount namespaces.
+
+    Returns its pid and the write end of the pipe that tells it to go on once mapped.
+
+    Double fork so the keeper is reparented at once (no zombie in a long-lived caller);
+    ``setsid``, all inherited fds closed, stdio on /dev/null, cwd /, so it holds nothing
+    of the caller's open (a CI job's output pipe in particular).
+    """
+    sleep_bin = _sleep_binary()
+    ready_r, ready_w = os.pipe()  # keeper -> us: its pid, then "unshared" or an error
+    go_r, go_w = os.pipe()  # us -> keeper: the mapping is written
+    middle = os.fork()
+    if middle == 0:
+        try:
+            os.setsid()
+            if os.fork() != 0:
+                os._exit(0)
+            _keeper_main(ready_w, go_r, (ready_r, go_w), store, sleep_bin)
+        finally:
+            os._exit(1)
+    os.close(ready_w)
+    os.close(go_r)
+    os.waitpid(middle, 0)
+    try:
+        with os.fdopen(ready_r, "rb") as ready:
+            line = ready.readline()
+            status = ready.readline().strip()
+            pid = int(line)
+            if status != b"unshared":
+                raise NamespaceError(f"cannot create a user namespace: {status.decode(errors='replace')}")
+            return pid, go_w
+    except ValueError:
+        os.close(go_w)
+        raise NamespaceError("the store keeper died while starting") from None
+
+
+def _keeper_main(ready_w: int, go_r: int, close_fds: tuple[int, int], store: Store, sleep_bin: str) -> None:
+    """Body of the keeper process (never returns)."""
+    for fd in close_fds:
+        os.close(fd)
+    keep = {ready_w, go_r}
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    max_fd = os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536
+    for fd in range(3, max(max_fd, 3)):
+        if fd not in keep and fd != devnull:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    os.close(devnull)
+    os.chdir("/")
+    os.write(ready_w, f"{os.getpid()}\n".encode())
+    try:
+        syscalls.unshare(syscalls.CLONE_NEWUSER | syscalls.CLONE_NEWNS)
+    except OSError as e:
+        os.write(ready_w, f"{e.strerror}\n".encode())
+        os._exit(1)
+    os.write(ready_w, b"unshared\n")
+    os.close(ready_w)
+    if os.read(go_r, 1) != b"g":
+        os._exit(1)
+    os.close(go_r)
+    try:
+        syscalls.mount("none", "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+    except OSError:
+        pass
+    os.execv(sleep_bin, [_keeper_argv0(store).decode(), "infinity"])
+
+
+def _write_mappings(pid: int, meta: StoreMeta, newuidmap: str, newgidmap: str) -> None:
+    """Map the keeper's namespace as recorded in the store."""
+    if is_single_id(meta.uid_mappings) and is_single_id(meta.gid_mappings) and _maps_self(meta):
+        # An unprivileged process may map just itself, without newuidmap (no /etc/subuid needed).
+        with open(f"/proc/{pid}/setgroups", "w") as f:
+            f.write("deny")
+        _write_map(f"/proc/{pid}/uid_map", meta.uid_mappings)
+        _write_map(f"/proc/{pid}/gid_map", meta.gid_mappings)
+        return
+    for binary, maps in ((newuidmap, meta.uid_mappings), (newgidmap, meta.gid_mappings)):
+        try:
+            proc = subprocess.run([binary, str(pid), *newidmap_args(maps)], capture_output=True, text=True)
+        except FileNotFoundError:
+            raise NamespaceError(
+                f"{binary} not found: install the `uidmap` package, or init the store with a single-ID mapping"
+            ) from None
+        if proc.returncode != 0:
+            detail = (proc.stderr or proc.stdout).strip().replace("\n", " ")
+            raise NamespaceError(
+                f"{os.path.basename(binary)} failed for mappings {' '.join(map(str, maps))}: {detail} "
+                "(check /etc/subuid and /etc/subgid)"
+            )
+
+
+def _maps_self(meta: StoreMeta) -> bool:
+    return meta.uid_mappings[0].host_id == os.getuid() and meta.gid_mappings[0].host_id == os.getgid()
+
+
+def _write_map(path: str, maps: tuple[IDMapping, ...]) -> None:
+    with open(path, "w") as f:
+        f.write("".join(f"{m.ns_id} {m.host_id} {m.size}\n" for m in maps))
+
+
+def ensure_keeper(store: Store, meta: StoreMeta, newuidmap: str, newgidmap: str) -> tuple[int, bool]:
+    """Return the keeper's pid, starting it if needed; the flag says whether it is new."""
+    pid = running_keeper(store)
+    if pid is not None:
+        return pid, False
+    with flocked(store.lock_path("keeper")):
+        pid = running_keeper(store)
+        if pid is not None:
+            return pid, False
+        pid, go_w = _start_keeper(store)
+        try:
+            _write_mappings(pid, meta, newuidmap, newgidmap)
+            os.write(go_w, b"g")
+        except BaseException:
+            os.kill(pid, signal.SIGKILL)
+            raise
+        finally:
+            os.close(go_w)
+        tmp = keeper_pid_path(store) + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{pid}\n")
+        os.rename(tmp, keeper_pid_path(store))
+        log.info("keeper.started", pid=pid, store=store.root)
+        return pid, True
+
+
+def join(pid: int) -> None:
+    """setns into the keeper's user then mount namespace. Must be called while single-threaded."""
+    try:
+        user_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        mnt_fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise NamespaceError(f"cannot open the store keeper's namespaces: {e.strerror}") from None
+    try:
+        cwd = os.getcwd()
+        # The keeper may still be between unshare and exec; its mapping is written before
+        # its pid file, so by now the namespaces are complete.
+        syscalls.setns(user_fd, syscalls.CLONE_NEWUSER)
+        syscalls.setns(mnt_fd, syscalls.CLONE_NEWNS)
+        try:
+            os.chdir(cwd)
+        except OSError:
+            os.chdir("/")
+    except OSError as e:
+        raise NamespaceError(f"cannot join the store keeper's namespaces: {e.strerror}") from None
+    finally:
+        os.close(user_fd)
+        os.close(mnt_fd)
+
+
+def stop_keeper(store: Store) -> None:
+    """Kill the store's keeper (its mounts vanish with its mount namespace)."""
+    pid = running_keeper(store)
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.unlink(keeper_pid_path(store))
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,209 @@
+"""Images: one per container, ``images/<id>/{diff,work,rootfs,image.json}``."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+
+from .. import log
+from ..errors import GrootError, NotFound, UsageError
+from ..mount import is_mountpoint, mount_overlay, overlay_options, unmount
+from .context import StoreContext
+from .layers import ensure_short_link, layer_size, remove_tree
+from .locks import flocked
+
+IMAGE_META = "image.json"
+_BAD_ID = re.compile(r"[/\x00]")
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    image_id: str
+    layers: list[str]  # chain IDs, base first
+    env: list[str]
+    size: int  # bytes of the image's layers
+    mount: bool  # whether the store keeps it mounted (False: --without-mount)
+    quota: int
+    exclude_image_from_quota: bool
+
+    def to_json(self) -> dict:
+        return {"id": self.image_id, "layers": self.layers, "env": self.env, "size": self.size,
+                "mount": self.mount, "quota": self.quota,
+                "exclude_image_from_quota": self.exclude_image_from_quota}
+
+
+def check_id(image_id: str) -> None:
+    if not image_id:
+        raise UsageError("id was not specified")
+    if _BAD_ID.search(image_id):
+        raise UsageError(f"id `{image_id}` contains invalid characters: `/`")
+    if image_id in (".", "..") or len(image_id) > 255:
+        raise UsageError(f"id `{image_id}` is not a valid image id")
+
+
+def read_image(ctx: StoreContext, image_id: str) -> ImageInfo:
+    path = os.path.join(ctx.store.image_dir(image_id), IMAGE_META)
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return ImageInfo(data["id"], list(data["layers"]), list(data["env"]), int(data["size"]), bool(data["mount"]),
+                         int(data.get("quota", 0)), bool(data.get("exclude_image_from_quota", False)))
+    except FileNotFoundError:
+        raise NotFound(f"Image `{image_id}` not found.") from None
+    except (ValueError, KeyError, TypeError):
+        raise GrootError(f"image metadata {path} is corrupt") from None
+
+
+def image_ids(ctx: StoreContext) -> list[str]:
+    try:
+        return sorted(os.listdir(ctx.store.images))
+    except FileNotFoundError:
+        return []
+
+
+def _lowerdirs(ctx: StoreContext, info: ImageInfo) -> tuple[list[str], list[str]]:
+    """Absolute layer dirs and short link names, both top first."""
+    full = [ctx.store.layer_diff(c) for c in reversed(info.layers)]
+    short = [os.path.basename(ctx.store.short_link(c)) for c in reversed(info.layers)]
+    return full, short
+
+
+def mount_image(ctx: StoreContext, info: ImageInfo) -> None:
+    image_dir = ctx.store.image_dir(info.image_id)
+    full, short = _lowerdirs(ctx, info)
+    mount_overlay(
+        full,
+        os.path.join(image_dir, "diff"),
+        os.path.join(image_dir, "work"),
+        os.path.join(image_dir, "rootfs"),
+        userxattr=True,
+        short_lowerdirs=(ctx.store.links, short),
+    )
+
+
+def remount_all(ctx: StoreContext) -> None:
+    """After a keeper restart: mount every image that the store keeps mounted."""
+    for image_id in image_ids(ctx):
+        try:
+            info = read_image(ctx, image_id)
+            if info.mount and not is_mountpoint(os.path.join(ctx.store.image_dir(image_id), "rootfs")):
+                mount_image(ctx, info)
+        except GrootError as e:
+            log.error("image.remount-failed", id=image_id, error=str(e))
+
+
+def runtime_spec(ctx: StoreContext, info: ImageInfo) -> dict:
+    """The partial OCI runtime spec Garden expects on stdout from ``create``."""
+    image_dir = ctx.store.image_dir(info.image_id)
+    process: dict = {"user": {"uid": 0, "gid": 0}}
+    if info.env:
+        process["env"] = info.env
+    process["cwd"] = ""
+    spec: dict = {"ociVersion": "", "process": process, "root": {"path": os.path.join(image_dir, "rootfs")}}
+    if not info.mount:
+        lowers = [ctx.store.short_link(c) for c in reversed(info.layers)]
+        opts = overlay_options(lowers, os.path.join(image_dir, "diff"), os.path.join(image_dir, "work"), userxattr=True)
+        spec["mounts"] = [{"destination": "/", "type": "overlay", "source": "overlay", "options": [opts]}]
+    return spec
+
+
+def create_image(ctx: StoreContext, image_id: str, layers: list[str], env: list[str], *, mount: bool,
+                 quota: int, exclude_image_from_quota: bool) -> ImageInfo:
+    """Assemble the image directory in ``tmp/``, rename it into ``images/``, then mount it."""
+    from .. import quota as quota_mod
+
+    store = ctx.store
+    ctx.enter()
+    size = sum(layer_size(ctx, c) for c in layers)
+    for chain_id in layers:
+        ensure_short_link(ctx, chain_id)
+    info = ImageInfo(image_id, layers, env, size, mount, quota, exclude_image_from_quota)
+    work = tempfile.mkdtemp(prefix=f"image-{image_id[:32]}-", dir=store.tmp)
+    try:
+        for sub in ("diff", "work", "rootfs"):
+            os.mkdir(os.path.join(work, sub), 0o755)
+        with open(os.path.join(work, IMAGE_META), "w") as f:
+            json.dump(info.to_json(), f)
+        try:
+            os.rename(work, store.image_dir(image_id))
+        except OSError as e:
+            if os.path.isdir(store.image_dir(image_id)):
+                raise GrootError(f"image for id `{image_id}` already exists") from None
+            raise GrootError(f"cannot create image `{image_id}`: {e.strerror}") from None
+    except BaseException:
+        remove_tree(work)
+        raise
+    try:
+        if quota:
+            quota_mod.apply_limit(ctx, info)
+        if mount:
+            mount_image(ctx, info)
+    except BaseException:
+        _remove_image_dir(ctx, image_id)
+        raise
+    return info
+
+
+def _remove_image_dir(ctx: StoreContext, image_id: str) -> None:
+    image_dir = ctx.store.image_dir(image_id)
+    unmount(os.path.join(image_dir, "rootfs"))
+    doomed = tempfile.mkdtemp(prefix=f"deleted-{image_id[:32]}-", dir=ctx.store.tmp)
+    os.rename(image_dir, os.path.join(doomed, "image"))
+    remove_tree(doomed)
+
+
+def delete_image(ctx: StoreContext, image_id: str) -> None:
+    """Unmount, release the quota, and remove an image (rename first: it vanishes atomically)."""
+    from .. import quota as quota_mod
+
+    info = read_image(ctx, image_id)
+    ctx.enter()
+    with flocked(ctx.store.lock_path("gc"), exclusive=False):
+        if info.quota:
+            quota_mod.release(ctx, info)
+        _remove_image_dir(ctx, image_id)
+    log.info("image.deleted", id=image_id)
+
+
+def disk_usage(path: str) -> int:
+    """Bytes allocated under ``path``, each inode counted once (hardlinks)."""
+    seen: set[int] = set()
+    total = 0
+    stack = [path]
+    while stack:
+        current = stack.pop()
+        try:
+            entries = os.scandir(current)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with entries:
+            for entry in entries:
+                st = entry.stat(follow_symlinks=False)
+                if st.st_nlink > 1:
+                    if st.st_ino in seen:
+                        continue
+                    seen.add(st.st_ino)
+                total += st.st_blocks * 512
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+    return total
+
+
+def image_stats(ctx: StoreContext, image_id: str) -> dict:
+    """GrootFS's four numbers. Without a quota, exclusive bytes come from walking ``diff/``."""
+    from .. import quota as quota_mod
+
+    info = read_image(ctx, image_id)
+    ctx.enter()
+    exclusive = quota_mod.exclusive_usage(ctx, info)
+    if exclusive is None:
+        exclusive = disk_usage(os.path.join(ctx.store.image_dir(image_id), "diff"))
+    return {"disk_usage": {
+        "total_bytes_used": exclusive + info.size,
+        "exclusive_bytes_used": exclusive,
+        "quota_size_bytes": info.quota,
+        "committed_space_bytes": info.size + info.quota,
+    }}
+

@@ -1,0 +1,167 @@
+"""The layer cache: each layer unpacked once into ``layers/<chainid>``, installed by rename.
+
+Missing layers of an image are unpacked in parallel by forked workers (the parent stays
+single-threaded, which ``setns`` and ``fork`` both need). Each worker holds the layer's
+flock while it works, so parallel creates of one image unpack each layer once; a worker
+killed halfway leaves only a directory in ``tmp/``, which ``clean`` removes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+from typing import Callable
+
+from .. import log, syscalls
+from ..errors import GrootError, LayerError
+from ..sources.base import ImageSource, LayerDescriptor
+from .context import StoreContext
+from .locks import flocked
+
+LAYER_META = "layer.json"
+
+
+def layer_size(ctx: StoreContext, chain_id: str) -> int:
+    """Bytes of regular files in the layer, as recorded at unpack time."""
+    try:
+        with open(os.path.join(ctx.store.layer_dir(chain_id), LAYER_META)) as f:
+            return int(json.load(f)["size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def ensure_layers(ctx: StoreContext, source: ImageSource, layers: list[LayerDescriptor]) -> None:
+    """Make every layer present in the cache, unpacking the missing ones (in parallel)."""
+    missing = [layer for layer in layers if not os.path.isdir(ctx.store.layer_dir(layer.chain_id))]
+    if not missing:
+        return
+    ctx.enter()
+    tasks = [(layer, _task(ctx, source, layer)) for layer in missing]
+    if len(tasks) == 1:
+        tasks[0][1]()
+        return
+    workers = min(len(tasks), max(2, os.cpu_count() or 2))
+    errors = _run_forked([t for _, t in tasks], workers)
+    for message in errors:
+        if message is not None:
+            raise LayerError(message)
+
+
+def _task(ctx: StoreContext, source: ImageSource, layer: LayerDescriptor) -> Callable[[], None]:
+    return lambda: install_layer(ctx, source, layer)
+
+
+def install_layer(ctx: StoreContext, source: ImageSource, layer: LayerDescriptor) -> None:
+    """Unpack one layer into ``tmp/``, verify it, sync it, and rename it into place."""
+    from ..layers.pipeline import unpack_blob
+
+    store = ctx.store
+    final = store.layer_dir(layer.chain_id)
+    with flocked(store.lock_path(f"layer-{layer.chain_id}")):
+        if os.path.isdir(final):
+            return
+        started = time.monotonic()
+        work = tempfile.mkdtemp(prefix=f"layer-{layer.chain_id[:12]}-", dir=store.tmp)
+        try:
+            diff = os.path.join(work, "diff")
+            os.mkdir(diff, 0o755)
+            with source.open_blob(layer) as raw:
+                result = unpack_blob(
+                    raw,
+                    diff,
+                    digest=layer.digest,
+                    size=layer.size,
+                    diff_id=None if ctx.config.skip_layer_validation else layer.diff_id,
+                    chown=ctx.meta.rootless or os.geteuid() == 0,
+                    allow_devices=not ctx.meta.rootless,
+                    id_translate=ctx.id_translate(),
+                    what=layer.name,
+                )
+            if result.squashed_owners:
+                log.warn("layer.owners-squashed", layer=layer.name, count=result.squashed_owners,
+                         text=f"{layer.name}: {result.squashed_owners} files are owned by ids outside the store's "
+                              "mapping and were given to the store owner (add subordinate ids in /etc/subuid)")
+            meta = {"chain_id": layer.chain_id, "diff_id": result.diff_id, "digest": layer.digest,
+                    "size": result.size, "entries": result.entries}
+            with open(os.path.join(work, LAYER_META), "w") as f:
+                json.dump(meta, f)
+            fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                syscalls.syncfs(fd)
+            finally:
+                os.close(fd)
+            os.chmod(work, 0o755)
+            os.rename(work, final)
+        except BaseException:
+            remove_tree(work)
+            raise
+        log.info("layer.unpacked", layer=layer.name, chain_id=layer.chain_id, size=result.size,
+                 entries=result.entries, seconds=round(time.monotonic() - started, 3))
+    ensure_short_link(ctx, layer.chain_id)
+
+
+def ensure_short_link(ctx: StoreContext, chain_id: str) -> str:
+    """``l/<short>`` -> ``../layers/<chainid>/diff``: keeps mount options under a page."""
+    link = ctx.store.short_link(chain_id)
+    target = f"../layers/{chain_id}/diff"
+    try:
+        os.symlink(target, link)
+    except FileExistsError:
+        if os.readlink(link) != target:
+            raise GrootError(f"short link {link} collides with another layer") from None
+    return link
+
+
+def remove_tree(path: str) -> None:
+    """Remove a directory tree we own (inside the namespace, subordinate-owned files included)."""
+    def onerror(func, p, exc_info):  # a read-only dir inside a layer: make it writable, retry
+        try:
+            os.chmod(os.path.dirname(p), 0o700)
+            func(p)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=onerror)
+
+
+def _run_forked(tasks: list[Callable[[], None]], max_workers: int) -> list[str | None]:
+    """Run each task in a forked child, at most ``max_workers`` at once; collect error messages."""
+    results: list[str | None] = [None] * len(tasks)
+    running: dict[int, tuple[int, int]] = {}
+
+    def reap_one() -> None:
+        pid, status = os.wait()
+        if pid not in running:
+            return
+        index, read_fd = running.pop(pid)
+        with os.fdopen(read_fd, "rb") as r:
+            message = r.read(8192).decode(errors="replace").strip()
+        if os.waitstatus_to_exitcode(status) != 0:
+            results[index] = message or f"layer worker died with status {os.waitstatus_to_exitcode(status)}"
+
+    for index, task in enumerate(tasks):
+        while len(running) >= max_workers:
+            reap_one()
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                os.close(read_fd)
+                syscalls.set_pdeathsig(signal.SIGKILL)
+                task()
+            except GrootError as e:
+                os.write(write_fd, str(e).encode()[:8000])
+                code = 1
+            except BaseException as e:  # noqa: BLE001 - reported to the parent as one line
+                os.write(write_fd, f"unpacking failed: {e!r}".encode()[:8000])
+                code = 2
+            os._exit(code)
+        os.close(write_fd)
+        running[pid] = (index, read_fd)
+    while running:
+        reap_one()
+    return results
