@@ -140,8 +140,11 @@ def ensure_test_user(name: str = TEST_USER_NAME) -> TestUser:
                 start = SUBID_START
                 while _ranges_overlap(path, start, SUBID_COUNT):
                     start += SUBID_COUNT
-                with open(path, "a") as f:
-                    f.write(f"{pw.pw_name}:{start}:{SUBID_COUNT}\n")
+                with open(path, "a+") as f:
+                    f.seek(0)
+                    old = f.read()
+                    sep = "\n" if old and not old.endswith("\n") else ""
+                    f.write(f"{sep}{pw.pw_name}:{start}:{SUBID_COUNT}\n")
         os.makedirs(pw.pw_dir, exist_ok=True)
         os.chown(pw.pw_dir, pw.pw_uid, pw.pw_gid)
     su = _subids("/etc/subuid", pw.pw_name, pw.pw_uid)

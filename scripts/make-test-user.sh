@@ -27,6 +27,8 @@ for f in /etc/subuid /etc/subgid; do
                 '($2 < s + c) && (s < $2 + $3) { found = 1 } END { exit !found }' "$f"; do
             s=$((s + count))
         done
+        # keep the file line-based even if its last line lacks a newline
+        if [ -s "$f" ] && [ "$(tail -c1 "$f" | od -An -c | tr -d ' ')" != '\n' ]; then echo >> "$f"; fi
         echo "${name}:${s}:${count}" >> "$f"
         echo "make-test-user: $f += ${name}:${s}:${count}"
     fi
