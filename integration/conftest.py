@@ -51,6 +51,10 @@ TEST_ROOT = Path(os.environ.get("RG_TEST_ROOT", "/var/tmp/rootless-groot-test"))
 TEST_USER_NAME = os.environ.get("RG_TEST_USER", "rgtest")
 SUBID_START, SUBID_COUNT = 100000, 65536
 USER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Every process we start as the test user carries this in its environment, so the
+# session's teardown can find leftovers (keepers...) without touching processes of
+# other test sessions that may run at the same time.
+SESSION_MARK = ("RG_TEST_SESSION", uuid.uuid4().hex)
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,7 @@ class TestUser:
             "PATH": USER_PATH,
             "LANG": "C.UTF-8",
             "PYTHONDONTWRITEBYTECODE": "1",
+            SESSION_MARK[0]: SESSION_MARK[1],
         }
         if not IS_ROOT:
             # keep what an ordinary developer's session gives (e.g. XDG_RUNTIME_DIR)
@@ -212,9 +217,48 @@ def _run_as(user: TestUser, cmd, *, check=True, input=None, env=None, timeout=12
 # --------------------------------------------------------------------------- fixtures
 
 
+def _uid_is_test_users(uid: int | None, user: TestUser) -> bool:
+    if uid is None:
+        return False
+    if uid == user.uid:
+        return True
+    return bool(user.subuid and user.subuid_start <= uid < user.subuid_start + user.subuid_count)
+
+
+def _has_session_mark(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read().split(b"\0")
+    except OSError:
+        return False
+    return f"{SESSION_MARK[0]}={SESSION_MARK[1]}".encode() in env
+
+
+def reap_test_user_processes(user: TestUser) -> list[int]:
+    """SIGKILL the processes of this test session still running as the test user or
+    one of its subordinate uids (found by SESSION_MARK in their environment)."""
+    killed = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit() and int(p.name) != os.getpid():
+            if (_uid_is_test_users(_proc_uid(int(p.name)), user)
+                    and _has_session_mark(int(p.name))):
+                try:
+                    os.kill(int(p.name), signal.SIGKILL)
+                    killed.append(int(p.name))
+                except OSError:
+                    pass
+    return killed
+
+
 @pytest.fixture(scope="session")
 def test_user() -> TestUser:
-    return ensure_test_user()
+    user = ensure_test_user()
+    yield user
+    # nothing the tests started as the test user may outlive the session
+    leftovers = reap_test_user_processes(user)
+    if leftovers:
+        sys.stderr.write(f"\nconftest: killed {len(leftovers)} leftover process(es) of "
+                         f"{user.name}: {leftovers}\n")
 
 
 @pytest.fixture
@@ -269,26 +313,34 @@ def cli(test_user, user_home):
     return run
 
 
-def _kill_keeper(store: Path) -> None:
+def _proc_uid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _kill_keeper(store: Path, owner_uid: int) -> None:
+    """Kill the keeper recorded in <store>/run/keeper.pid, if it is the test user's."""
     pidfile = store / "run" / "keeper.pid"
     try:
         text = pidfile.read_text().split()
         pid = int(text[0]) if text else 0
     except (OSError, ValueError):
         return
-    if pid <= 1:
+    if pid <= 1 or _proc_uid(pid) != owner_uid:
         return
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        except PermissionError:
+        except (ProcessLookupError, PermissionError):
             return
         for _ in range(50):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if _proc_uid(pid) is None:
                 return
             time.sleep(0.02)
 
@@ -321,7 +373,7 @@ def store_dir(test_user, cli):
         cli("--store", str(store), "delete-store", check=False, timeout=60)
     except Exception:
         pass
-    _kill_keeper(store)
+    _kill_keeper(store, test_user.uid)
     _kill_user_procs_under(parent, test_user.uid)
     shutil.rmtree(parent, ignore_errors=True)
     if parent.exists() and not IS_ROOT:
@@ -334,7 +386,10 @@ def store_dir(test_user, cli):
 def userns_keeper(test_user):
     """A stand-in keeper (user+mount namespace of the test user, subids mapped)."""
     env = test_user.base_env()
-    k = UsernsKeeper(test_user.prefix(), test_user.uid, test_user.gid, test_user.subuid,
+    prefix = test_user.prefix()
+    if prefix:  # setpriv --reset-env: pass the environment (and the session mark) through env(1)
+        prefix += ["env", "-i", *[f"{k}={v}" for k, v in env.items()]]
+    k = UsernsKeeper(prefix, test_user.uid, test_user.gid, test_user.subuid,
                      test_user.subgid, env=env)
     yield k
     k.stop()
