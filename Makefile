@@ -65,7 +65,7 @@ test:
 	$(MAKE) --no-print-directory deps test-venv
 	@set +e; \
 	RG_TEST_PYTHON=$(TEST_PY) RG_TEST_ROOT=$(TEST_ROOT) RG_TEST_USER=$(TEST_USER) \
-	    timeout --kill-after=30 $(TEST_TIMEOUT) \
+	    PYTHONDONTWRITEBYTECODE=1 timeout --kill-after=30 $(TEST_TIMEOUT) \
 	    $(TEST_PY) -m pytest -p no:cacheprovider tests integration $(PYTEST_ARGS); \
 	rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected (exit 5), treated as success"; rc=0; fi; \

@@ -20,6 +20,8 @@ Fixtures:
   store_dir                  -> str: a fresh store path (not created); teardown runs
                                 delete-store, kills the keeper from <store>/run/keeper.pid,
                                 and removes the tree
+  store_runner(store)        -> a runc.run_container runner: cmd -> CompletedProcess of
+                                ``cli("--store", store, "enter", "--", *cmd, check=False)``
   userns_keeper              -> runc.UsernsKeeper: a stand-in keeper namespace for the
                                 test user (for tests of the toolkit itself)
 """
@@ -380,6 +382,19 @@ def store_dir(test_user, cli):
         # files owned by subordinate ids: remove them from inside a namespace
         subprocess.run(["unshare", "--user", "--map-root-user", "--map-auto", "rm", "-rf",
                         str(parent)], capture_output=True)
+
+
+@pytest.fixture
+def store_runner(cli):
+    """``store_runner(store)`` -> a runner for runc.run_container that executes commands as
+    uid 0 in the store's namespace through ``rootless-groot enter``."""
+
+    def make(store, timeout=300):
+        def runner(cmd):
+            return cli("--store", str(store), "enter", "--", *cmd, check=False, timeout=timeout)
+        return runner
+
+    return make
 
 
 @pytest.fixture
