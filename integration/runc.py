@@ -19,12 +19,13 @@ What works on this machine (kernel 6.18, Debian's runc 1.1.5), found by trying:
 
 * Namespaces created: pid, ipc, uts, mount (all owned by the store's user
   namespace, so allowed). No network namespace by default (the container shares the
-  host network; pass ``netns=True`` for a private loopback-only one). No cgroup
-  namespace and no ``/sys/fs/cgroup`` mount (runc cannot mount cgroupfs from inside
-  a user namespace that does not own a cgroup namespace; crun fails on this
-  machine's cgroup setup anyway). runc's cgroup manager auto-detects rootless mode
-  inside a user namespace and ignores cgroup errors, so no ``--rootless`` or
-  ``--systemd-cgroup`` flag is needed; there is no ``linux.resources``.
+  host network; pass ``netns=True`` for a private loopback-only one: tested). No
+  cgroup namespace. The spec's ``/sys/fs/cgroup`` mount is dropped as unneeded (it
+  does work here too: this host has cgroup v1 hierarchies and runc mounts them ro).
+  crun fails on this machine's cgroup setup; runc does not: its cgroup manager
+  auto-detects rootless mode inside a user namespace and ignores cgroup errors, so
+  no ``--rootless`` or ``--systemd-cgroup`` flag is needed; there is no
+  ``linux.resources``.
 
 * Mounts kept from ``runc spec --rootless``: /proc (proc), /dev (tmpfs), /dev/pts
   (devpts newinstance), /dev/shm (tmpfs), /dev/mqueue (mqueue), /sys (rbind of the
