@@ -171,7 +171,7 @@ def image_from_documents(manifest: dict[str, Any], config_bytes: bytes, config_d
         digest, size, media_type = descriptor(layer_doc, f"layer {i} of {what}")
         if media_type not in LAYER_TYPES:
             raise ImageError(f"layer {digest} of {what} has unsupported media type `{media_type}`")
-        urls = layer_doc.get("urls") or ()
+        urls = layer_doc.get("urls") or []
         if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
             raise ImageError(f"layer {digest} of {what} has malformed urls")
         layers.append(LayerDescriptor(chain, digest, size, diff_id, media_type, tuple(urls)))
