@@ -134,11 +134,13 @@ def cmd_init_store(args, cfg) -> int:
         uids, gids = (), ()
     else:
         uids, gids = default_mappings()
-    if args.store_size_bytes:
-        from .errors import QuotaError
+    if args.store_size_bytes is not None or cfg.store_size_bytes:
+        from .quota import init_quota_store
 
-        raise QuotaError("--store-size-bytes needs the quota support, which is not installed yet")
-    meta = init_store(cfg, uids, gids, explicit)
+        size = args.store_size_bytes if args.store_size_bytes is not None else cfg.store_size_bytes
+        meta = init_quota_store(cfg, size, uids, gids, explicit)
+    else:
+        meta = init_store(cfg, uids, gids, explicit)
     from .mappings import is_single_id
 
     if meta.rootless and is_single_id(meta.uid_mappings):
