@@ -53,9 +53,18 @@ def _parser() -> _Parser:
     c.add_argument("--password", default=None)
     c.add_argument("--insecure-registry", action="append", default=None)
     c.add_argument("--platform", default=None, help="OS/ARCH[/VARIANT] to pick from a multi-platform image")
+    _add_registry_flags(c)
     c.add_argument("--clean-log-file", default=None, help="accepted for GrootFS compatibility")
     c.add_argument("image")
     c.add_argument("id")
+
+    c = sub.add_parser("pull", help="fetch an image's layers into the store without creating an image")
+    c.add_argument("--username", default=None)
+    c.add_argument("--password", default=None)
+    c.add_argument("--insecure-registry", action="append", default=None)
+    c.add_argument("--platform", default=None, help="OS/ARCH[/VARIANT] to pick from a multi-platform image")
+    _add_registry_flags(c)
+    c.add_argument("image")
 
     c = sub.add_parser("delete", help="unmount and remove an image")
     c.add_argument("id", nargs="?")
@@ -184,8 +193,7 @@ def cmd_create(args, cfg) -> int:
         clean(ctx, cfg.clean_threshold_bytes)
     ref = parse_ref(args.image)
     platform = parse_platform(args.platform) if args.platform else None
-    source = open_source(ref, platform, username=args.username, password=args.password,
-                         insecure_registries=cfg.insecure_registries)
+    source = open_source(ref, platform, **_registry_options(args, cfg))
     try:
         with flocked(ctx.store.lock_path("gc"), exclusive=False):
             image = source.resolve()
@@ -316,6 +324,54 @@ def cmd_enter(args, cfg) -> int:
     return 1
 
 
+def _add_registry_flags(c: argparse.ArgumentParser) -> None:
+    """Flags for docker:// images, shared by create and pull."""
+    c.add_argument("--registry-ca", default=None, metavar="FILE",
+                   help="extra CA certificate(s) (PEM) to trust for registries")
+    c.add_argument("--registry-mirror", action="append", default=None, metavar="[https://]HOST[:PORT][/PREFIX]",
+                   help="a Docker Hub mirror to try first (repeatable; also [[registry.mirror]] in registries.conf)")
+    c.add_argument("--pull", dest="pull_policy", choices=("always", "missing", "never"), default=None,
+                   help="always: check the tag with the registry (default); missing: use the store's last "
+                        "resolution if its layers are present; never: only the store")
+    c.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+
+
+def _registry_options(args: argparse.Namespace, cfg) -> dict[str, Any]:
+    """What a docker:// source needs from flags and config (ignored by other sources)."""
+    return {
+        "username": args.username,
+        "password": args.password,
+        "insecure_registries": cfg.insecure_registries,
+        "registry_ca": getattr(args, "registry_ca", None),
+        "mirrors": getattr(args, "registry_mirror", None),
+        "store_root": cfg.store,
+        "pull_policy": getattr(args, "pull_policy", None),
+        "progress": not getattr(args, "quiet", False) and sys.stderr.isatty(),
+    }
+
+
+def cmd_pull(args, cfg) -> int:
+    """Resolve an image and unpack its missing layers; prints the manifest digest."""
+    from .refs import parse_ref
+    from .sources import open_source
+    from .sources.base import parse_platform
+    from .store.layers import ensure_layers
+    from .store.locks import flocked
+
+    ctx = _open_or_init(cfg)
+    ref = parse_ref(args.image)
+    platform = parse_platform(args.platform) if args.platform else None
+    source = open_source(ref, platform, **_registry_options(args, cfg))
+    try:
+        with flocked(ctx.store.lock_path("gc"), exclusive=False):
+            image = source.resolve()
+            ensure_layers(ctx, source, image.layers)
+    finally:
+        source.close()
+    print(image.manifest_digest or image.layers[-1].chain_id)
+    return 0
+
+
 COMMANDS = {
     "init-store": cmd_init_store,
     "delete-store": cmd_delete_store,
@@ -326,4 +382,5 @@ COMMANDS = {
     "clean": cmd_clean,
     "capacity": cmd_capacity,
     "enter": cmd_enter,
+    "pull": cmd_pull,
 }

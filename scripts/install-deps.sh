@@ -23,6 +23,7 @@ pkgs=(
     kmod xfsprogs btrfs-progs user-mode-linux   # quota tests (uml-run, loop btrfs)
     gcc libc6-dev     # the setuid launcher of the privileged helper
     ca-certificates
+    openssl           # self-signed certificates for the registry TLS tests
 )
 if [ "${INSTALL_BENCH_DEPS:-0}" = 1 ]; then
     pkgs+=(podman debootstrap)

@@ -15,7 +15,12 @@ def open_source(ref: ImageRef, platform: dict[str, str] | None = None, **registr
 
         return TarballSource(ref)
     if isinstance(ref, DockerRef):
-        from ..errors import ImageError
+        from .registry import RegistryOptions, RegistrySource
 
-        raise ImageError(f"pulling from registries is not implemented yet: {ref}")
+        options = {k: v for k, v in registry_options.items() if v is not None}
+        if "insecure_registries" in options:
+            options["insecure_registries"] = tuple(options["insecure_registries"])
+        if "mirrors" in options:
+            options["mirrors"] = tuple(options["mirrors"])
+        return RegistrySource(ref, platform, RegistryOptions(**options))
     raise TypeError(ref)
