@@ -630,6 +630,8 @@ class BlobStream(io.RawIOBase):
                  resumes=self.resumes, endpoint=self.ep.host)
 
     def close(self) -> None:
+        if self.offset >= self.size:
+            self._done()
         if self.resp is not None:
             try:
                 self.resp.close()

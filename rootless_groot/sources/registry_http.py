@@ -149,6 +149,12 @@ class Transport:
                  sleep: Callable[[float], None] | None = None):
         import requests  # noqa: F401 - the one place the pull flow pays for it
 
+        if insecure:  # the user asked for it by name (--insecure-registry): no warning per request
+            import warnings
+
+            from urllib3.exceptions import InsecureRequestWarning
+
+            warnings.simplefilter("ignore", InsecureRequestWarning)
         self.insecure = tuple(insecure)
         self.ca_file = ca_file
         self.sleep = sleep or (lambda seconds: time.sleep(seconds))
