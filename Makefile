@@ -83,3 +83,30 @@ clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	-@if [ "$$(id -u)" -eq 0 ]; then rm -rf $(TEST_ROOT); fi
+
+# --- quota helper (issue 4): the setuid launcher and the root-owned helper (docs/quota.md)
+HELPER_DIR   ?= /usr/local/libexec/rootless-groot
+HELPER_GROUP ?= root
+HELPER_MODE  ?= 4755
+HELPER_BIN   := build/rootless-groot-quota
+HELPER_CFLAGS := -O2 -Wall -Wextra -Werror -fstack-protector-strong -D_FORTIFY_SOURCE=3 -fPIE -pie \
+                 -Wl,-z,relro,-z,now
+
+.PHONY: helper install-helper
+
+helper: $(HELPER_BIN)
+
+$(HELPER_BIN): privileged_helper/launcher.c
+	@mkdir -p build
+	$(CC) $(HELPER_CFLAGS) -DHELPER_DIR='"$(HELPER_DIR)"' -o $@ $<
+
+# As root: the launcher setuid root and the helper package, all root-owned and not writable
+# by anyone else (the launcher refuses to run otherwise).
+install-helper: $(HELPER_BIN)
+	@if [ "$$(id -u)" -ne 0 ]; then echo "make install-helper: must run as root" >&2; exit 1; fi
+	install -d -o root -g root -m 0755 $(HELPER_DIR) $(HELPER_DIR)/privileged_helper
+	rm -rf $(HELPER_DIR)/privileged_helper/__pycache__
+	install -o root -g root -m 0644 privileged_helper/*.py $(HELPER_DIR)/privileged_helper/
+	install -o root -g $(HELPER_GROUP) -m $(HELPER_MODE) $(HELPER_BIN) $(HELPER_DIR)/rootless-groot-quota
+	install -d -o root -g root -m 0755 /etc/rootless-groot /etc/rootless-groot/stores.d
+	install -d -o root -g root -m 0700 /var/lib/rootless-groot-helper
