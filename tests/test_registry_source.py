@@ -386,3 +386,90 @@ assert "requests" not in sys.modules and "urllib3" not in sys.modules and "ssl" 
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert r.returncode == 0, r.stderr
+
+
+# ---- token renewal, mirrors, progress ------------------------------------------------------------
+
+def test_expired_or_revoked_token_is_renewed_for_blobs(stub):
+    REALM[0] = f"{stub.url}/token"
+    manifest, blobs = make_image([b"layer"])
+    valid = {"t1"}
+    issued = []
+
+    def token(req):
+        issued.append(f"t{len(issued) + 1}")
+        return 200, {}, json.dumps({"token": issued[-1], "expires_in": 300}).encode()
+
+    def guard(req):
+        if (req.headers.get("authorization") or "").removeprefix("Bearer ") not in valid:
+            return 401, {"WWW-Authenticate": f'Bearer realm="{REALM[0]}",service="svc"'}, b""
+        return None
+
+    serve_repo(stub, "app", {"v1": (manifest, OCI_MANIFEST)}, blobs, guard=guard)
+    stub.routes["/token"] = token
+    src = source(stub, "app:v1")
+    image = src.resolve()
+    assert issued == ["t1"]
+    src.endpoint.auth.expires = 0  # as a forked worker would find it minutes later
+    valid.add("t2")
+    assert read_all(src.open_blob(image.layers[0])) == b"layer"
+    assert issued == ["t1", "t2"]
+    valid.clear()
+    valid.add("t3")  # revoked server-side without expiry: one 401, then a new token
+    assert read_all(src.open_blob(image.layers[0])) == b"layer"
+    assert issued == ["t1", "t2", "t3"]
+
+
+def test_registries_conf_mirrors_and_insecure(tmp_path):
+    from rootless_groot.sources.registry import mirror_endpoint, read_registries_conf
+
+    conf = tmp_path / "registries.conf"
+    conf.write_text('''
+unqualified-search-registries = ["docker.io"]
+[[registry]]
+location = "docker.io"
+[[registry.mirror]]
+location = "mirror.example:5000/hub"
+[[registry.mirror]]
+location = "plain.example"
+insecure = true
+[[registry]]
+location = "private.example:5000"
+insecure = true
+''')
+    mirrors, insecure = read_registries_conf([str(tmp_path / "absent"), str(conf)], "docker.io")
+    assert mirrors == ["mirror.example:5000/hub", "plain.example"]
+    assert set(insecure) == {"plain.example", "private.example:5000"}
+    ep, insecure_host = mirror_endpoint("mirror.example:5000/hub", "library/debian")
+    assert (ep.base, ep.repository, insecure_host) == ("https://mirror.example:5000", "hub/library/debian", None)
+    ep, insecure_host = mirror_endpoint("http://127.0.0.1:9", "library/debian")
+    assert (ep.base, insecure_host) == ("http://127.0.0.1:9", "127.0.0.1:9")
+    conf.write_text("[[registry]\n")
+    with pytest.raises(Exception, match="cannot read"):
+        read_registries_conf([str(conf)], "docker.io")
+
+
+def test_docker_hub_mirrors_are_tried_in_order(stub, tmp_path):
+    second = Stub().start()
+    try:
+        manifest, blobs = make_image([b"hub layer"])
+        serve_repo(second, "library/busybox", {"1.36": (manifest, OCI_MANIFEST)}, blobs)
+        src = open_source(parse_ref("docker:///busybox:1.36"), AMD64, registries_conf=(),
+                          mirrors=(f"http://{stub.host}", f"http://{second.host}"))
+        image = src.resolve()
+        assert read_all(src.open_blob(image.layers[0])) == b"hub layer"
+        assert stub.paths() == ["/v2/library/busybox/manifests/1.36"]  # a miss, then the next mirror
+        assert src.endpoint.host == second.host
+    finally:
+        second.stop()
+
+
+def test_progress_goes_to_stderr_only_when_asked(stub, capsys):
+    manifest, blobs = make_image([b"x" * 1000])
+    serve_repo(stub, "app", {"v1": (manifest, OCI_MANIFEST)}, blobs)
+    for progress in (False, True):
+        src = source(stub, "app:v1", progress=progress)
+        read_all(src.open_blob(src.resolve().layers[0]))
+        out = capsys.readouterr()
+        assert out.out == ""
+        assert ("1000 B / 1000 B (100%)" in out.err) is progress
