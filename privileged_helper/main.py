@@ -8,11 +8,28 @@ import sys
 from .protocol import MAX_REQUEST, HelperError, encode_answer, parse_request
 
 
-def _same_ns(kind: str) -> bool:
+def initial_namespaces() -> bool:
+    """In the initial user and mount namespaces (a child user namespace never has the full map).
+
+    pid 1's namespaces are compared when they can be read; a setuid process may not read
+    them when pid 1 holds capabilities outside our bounding set (some VM/container inits),
+    and then the identity uid_map decides (the kernel refuses quota work elsewhere anyway).
+    """
     try:
-        return os.stat(f"/proc/self/ns/{kind}").st_ino == os.stat(f"/proc/1/ns/{kind}").st_ino
+        with open("/proc/self/uid_map") as f:
+            if f.read().split() != ["0", "0", "4294967295"]:
+                return False
     except OSError:
         return False
+    for kind in ("user", "mnt"):
+        try:
+            if os.stat(f"/proc/self/ns/{kind}").st_ino != os.stat(f"/proc/1/ns/{kind}").st_ino:
+                return False
+        except PermissionError:
+            continue
+        except OSError:
+            return False
+    return True
 
 
 def read_request(fd: int = 0) -> bytes:
@@ -31,7 +48,7 @@ def run(argv: list[str], data_source=read_request) -> tuple[int, dict]:
             raise HelperError("invalid", "the helper takes no arguments")
         if os.geteuid() != 0:
             raise HelperError("unsupported", "the helper is not running as root (is the launcher setuid root?)")
-        if not (_same_ns("user") and _same_ns("mnt")):
+        if not initial_namespaces():
             raise HelperError("unsupported", "the helper must run in the initial user and mount namespaces")
         req = parse_request(data_source())
         from .ops import handle
