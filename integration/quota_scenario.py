@@ -120,7 +120,7 @@ def scenario(a, res: dict) -> dict:
     res["w4"] = write(user, store, "img1", "a", 4)
     res["w2"] = write(user, store, "img1", "b", 2)
     res["stats"] = user.cli(store, "stats", "img1")
-    res["truth"] = sh("du", "-s", "-B1", f"{store}/images/img1/diff").stdout.split()[0]
+    res["truth"] = sh("du", "-s", "-B1", f"{store}/images/img1/diff/").stdout.split()[0]
 
     res["create_ex"] = user.cli(store, "create", "--disk-limit-size-bytes", str(10 * MIB),
                                 "--exclude-image-from-quota", a.layout, "img2")
