@@ -74,16 +74,20 @@ class _StrictTarInfo(tarfile.TarInfo):
             raise
 
 
-def normalize_name(name: str, what: str, kind: str = "entry") -> str:
-    """Return a tar name as 'a/b/c' ('' for the root), or raise LayerError for a hostile one."""
+def normalize_name(name: str, what: str, entry: str | None = None) -> str:
+    """Return a tar name as 'a/b/c' ('' for the root), or raise LayerError for a hostile one.
+
+    ``entry``: the entry whose hardlink target ``name`` is.
+    """
+    kind = f"entry {name!r}" if entry is None else f"entry {entry!r}: hardlink target {name!r}"
     if "\0" in name:
-        raise LayerError(f"{what}: {kind} {name!r}: name contains NUL")
+        raise LayerError(f"{what}: {kind}: name contains NUL")
     if name.startswith("/") or not name:
-        raise LayerError(f"{what}: {kind} {name!r}: absolute or empty name")
+        raise LayerError(f"{what}: {kind}: absolute or empty name")
     parts = []
     for part in name.split("/"):
         if part == "..":
-            raise LayerError(f"{what}: {kind} {name!r}: '..' component")
+            raise LayerError(f"{what}: {kind}: '..' component")
         if part and part != ".":
             parts.append(part)
     return "/".join(parts)
@@ -180,25 +184,39 @@ class _Unpacker:
             self.cache.move_to_end(rel)
             return fd
         try:
-            fd = self._open_in_root(rel, os.O_PATH | os.O_DIRECTORY)
+            return self._remember(rel, self._open_in_root(rel, os.O_PATH | os.O_DIRECTORY))
         except FileNotFoundError:
             if not create:
                 raise
-            head, _, leaf = rel.rpartition("/")
-            parent = self.dir_fd(head)
+        # Find the deepest existing ancestor, then create the rest one level at a time.
+        parts = rel.split("/")
+        have = len(parts) - 1
+        parent = self.root_fd
+        while have > 0:
             try:
-                os.mkdir(leaf, 0o755, dir_fd=parent)
-                tmp = os.open(leaf, _DIR_RDONLY, dir_fd=parent)
+                parent = self.dir_fd("/".join(parts[:have]), create=False)
+                break
+            except FileNotFoundError:
+                have -= 1
+        for depth in range(have, len(parts)):
+            try:
+                os.mkdir(parts[depth], 0o755, dir_fd=parent)
+                tmp = os.open(parts[depth], _DIR_RDONLY, dir_fd=parent)
                 try:
                     os.fchmod(tmp, 0o755)  # not narrowed by the umask
                 finally:
                     os.close(tmp)
             except FileExistsError:
                 pass  # e.g. a dangling symlink: the open below reports it
-            fd = self._open_in_root(rel, os.O_PATH | os.O_DIRECTORY)
+            prefix = "/".join(parts[: depth + 1])
+            parent = self._remember(prefix, self._open_in_root(prefix, os.O_PATH | os.O_DIRECTORY))
+        return parent
+
+    def _remember(self, rel: str, fd: int) -> int:
         self.cache[rel] = fd
         if len(self.cache) > _FD_CACHE_SIZE:
-            os.close(self.cache.popitem(last=False)[1])
+            # The entry being processed may still hold the evicted fd: close it afterwards.
+            self.dead_fds.append(self.cache.popitem(last=False)[1])
         return fd
 
     def parent(self, rel: str) -> tuple[int, str]:
@@ -375,7 +393,7 @@ class _Unpacker:
         os.utime(leaf, ns=_times_ns(member), dir_fd=pfd, follow_symlinks=False)
 
     def hardlink(self, rel: str, member: tarfile.TarInfo) -> None:
-        target = normalize_name(member.linkname, self.what, "hardlink target")
+        target = normalize_name(member.linkname, self.what, self.name)
         if not target:
             raise LayerError(f"{self.what}: entry {self.name!r}: hardlink to the root")
         if target == rel:
