@@ -44,12 +44,11 @@ test-venv:
 	umask 022; set -e; \
 	mkdir -p $(TEST_ROOT); chmod 0755 $(TEST_ROOT); \
 	[ -x $(TEST_PY) ] || $(PYTHON) -m venv $(TEST_VENV); \
-	rm -rf $(TEST_ROOT)/src; mkdir -p $(TEST_ROOT)/src; \
+	src=$$(mktemp -d $(TEST_ROOT)/src.XXXXXX); trap 'rm -rf "$$src"' EXIT; \
 	tar -C . --exclude=./.git --exclude=./$(VENV) --exclude=./build --exclude='*.egg-info' \
-	    --exclude=__pycache__ -cf - . | tar -C $(TEST_ROOT)/src -xf -; \
-	$(TEST_PY) -m pip install -q '$(TEST_ROOT)/src[test]'; \
-	$(TEST_PY) -m pip install -q --no-deps --force-reinstall $(TEST_ROOT)/src; \
-	rm -rf $(TEST_ROOT)/src; \
+	    --exclude=__pycache__ -cf - . | tar -C $$src -xf -; \
+	$(TEST_PY) -m pip install -q "$$src[test]"; \
+	$(TEST_PY) -m pip install -q --no-deps --force-reinstall "$$src"; \
 	chmod -R a+rX $(TEST_VENV)
 
 run:
