@@ -396,9 +396,22 @@ def test_many_directories_do_not_exhaust_fds(box):
 
 def test_deep_paths(box):
     dest = box / "dest"
+    name = "/".join(["d"] * 1500) + "/f"  # deeper than Python's recursion limit
+    try:
+        unpack(tar_bytes(entry(name, data=b"deep")), dest)
+        assert (dest / name).read_bytes() == b"deep"
+    finally:  # shutil.rmtree (pytest's cleanup) recurses once per level
+        subprocess.run(["rm", "-rf", str(dest / "d")], check=True)
+
+
+def test_replacing_a_too_deep_tree_is_a_layer_error(box):
+    dest = box / "dest"
     name = "/".join(["d"] * 1500) + "/f"
-    unpack(tar_bytes(entry(name, data=b"deep")), dest)
-    assert (dest / name).read_bytes() == b"deep"
+    try:
+        with pytest.raises(LayerError, match="too deep"):
+            unpack(tar_bytes(entry(name, data=b"deep"), entry("d", data=b"file now")), dest)
+    finally:
+        subprocess.run(["rm", "-rf", str(dest / "d")], check=True)
 
 
 def test_non_utf8_names_round_trip(box):

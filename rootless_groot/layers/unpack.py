@@ -245,7 +245,10 @@ class _Unpacker:
         if stat.S_ISDIR(st.st_mode):
             if keep_dir:
                 return True
-            shutil.rmtree(leaf, dir_fd=pfd)
+            try:
+                shutil.rmtree(leaf, dir_fd=pfd)
+            except RecursionError:  # shutil.rmtree recurses once per level (3.11)
+                raise LayerError(f"{self.what}: entry {self.name!r}: directory tree too deep to replace") from None
         else:
             os.unlink(leaf, dir_fd=pfd)
         self._invalidate(rel)
