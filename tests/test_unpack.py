@@ -386,7 +386,19 @@ def test_cached_parent_invalidated_after_replacement(box):
     assert sorted(os.listdir(dest / "other")) == ["two"]
 
 
-def test_many_directories_do_not_exhaust_fds(box):
+@pytest.fixture
+def low_fd_limit():
+    """Run with at most 256 open files: the parent-fd cache must stay bounded."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_many_directories_do_not_exhaust_fds(box, low_fd_limit):
     dest = box / "dest"
     entries = [entry(f"d{i}/f", data=b"x") for i in range(600)]
     result = unpack(tar_bytes(*entries), dest)
@@ -394,7 +406,7 @@ def test_many_directories_do_not_exhaust_fds(box):
     assert len(os.listdir(dest)) == 600
 
 
-def test_deep_paths(box):
+def test_deep_paths(box, low_fd_limit):
     dest = box / "dest"
     name = "/".join(["d"] * 1500) + "/f"  # deeper than Python's recursion limit
     try:

@@ -158,7 +158,8 @@ class _Unpacker:
         st = os.fstat(self.root_fd)
         self.owner = (st.st_uid, st.st_gid)
         self.cache: OrderedDict[str, int] = OrderedDict()
-        self.dead_fds: list[int] = []  # invalidated while an entry may still use them
+        self.pinned: set[int] = set()  # fds handed out for the entry being processed
+        self.dead_fds: list[int] = []  # dropped from the cache while pinned: closed after the entry
         self.dirs: dict[str, tuple[int, tuple[int, int]]] = {}  # deferred mode and times
         self.bad_uids: set[int] = set()
         self.bad_gids: set[int] = set()
@@ -182,12 +183,17 @@ class _Unpacker:
         fd = self.cache.get(rel)
         if fd is not None:
             self.cache.move_to_end(rel)
-            return fd
-        try:
-            return self._remember(rel, self._open_in_root(rel, os.O_PATH | os.O_DIRECTORY))
-        except FileNotFoundError:
-            if not create:
-                raise
+        else:
+            try:
+                fd = self._remember(rel, self._open_in_root(rel, os.O_PATH | os.O_DIRECTORY))
+            except FileNotFoundError:
+                if not create:
+                    raise
+                fd = self._create_dirs(rel)
+        self.pinned.add(fd)
+        return fd
+
+    def _create_dirs(self, rel: str) -> int:
         # Find the deepest existing ancestor, then create the rest one level at a time.
         parts = rel.split("/")
         have = len(parts) - 1
@@ -215,9 +221,14 @@ class _Unpacker:
     def _remember(self, rel: str, fd: int) -> int:
         self.cache[rel] = fd
         if len(self.cache) > _FD_CACHE_SIZE:
-            # The entry being processed may still hold the evicted fd: close it afterwards.
-            self.dead_fds.append(self.cache.popitem(last=False)[1])
+            self._drop(self.cache.popitem(last=False)[1])
         return fd
+
+    def _drop(self, fd: int) -> None:
+        if fd in self.pinned:  # the entry being processed may still use it
+            self.dead_fds.append(fd)
+        else:
+            os.close(fd)
 
     def parent(self, rel: str) -> tuple[int, str]:
         head, _, leaf = rel.rpartition("/")
@@ -225,16 +236,18 @@ class _Unpacker:
 
     def _invalidate(self, removed: str) -> None:
         """Something was removed or replaced: cached fds may now point elsewhere."""
-        self.dead_fds.extend(self.cache.values())
+        for fd in self.cache.values():
+            self._drop(fd)
         self.cache.clear()
         prefix = removed + "/"
         for path in [p for p in self.dirs if p == removed or p.startswith(prefix)]:
             del self.dirs[path]
 
-    def _close_dead(self) -> None:
+    def end_entry(self) -> None:
         for fd in self.dead_fds:
             os.close(fd)
         self.dead_fds.clear()
+        self.pinned.clear()
 
     def prepare_leaf(self, pfd: int, leaf: str, rel: str, keep_dir: bool = False) -> bool:
         """Make room for a new entry: True if an existing directory is kept (dir over dir)."""
@@ -439,7 +452,7 @@ class _Unpacker:
                 os.close(fd)
 
     def close(self) -> None:
-        self._close_dead()
+        self.end_entry()
         for fd in self.cache.values():
             os.close(fd)
         self.cache.clear()
@@ -480,7 +493,7 @@ def unpack_layer(tar_stream: BinaryIO, dest: str, *, chown: bool = True, allow_d
                         raise
                     raise LayerError(f"{what}: entry {member.name!r}: {exc}") from None
                 finally:
-                    unpacker._close_dead()
+                    unpacker.end_entry()
             bad = getattr(tar, "_groot_bad_header", None)
             if bad is not None:
                 raise LayerError(f"{what}: corrupt tar header after entry {unpacker.name!r}: {bad}")
