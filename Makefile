@@ -62,11 +62,12 @@ test:
 	    echo "'$(TEST_USER)' and a test venv in $(TEST_ROOT). As a normal user, run 'make unit'." >&2; \
 	    exit 1; fi
 	$(MAKE) --no-print-directory deps test-venv
-	@set +e; \
+	@set +e; bt=$$(mktemp -d /tmp/rootless-groot-pytest.XXXXXX); \
 	RG_TEST_PYTHON=$(TEST_PY) RG_TEST_ROOT=$(TEST_ROOT) RG_TEST_USER=$(TEST_USER) \
 	    PYTHONDONTWRITEBYTECODE=1 timeout --kill-after=30 $(TEST_TIMEOUT) \
-	    $(TEST_PY) -m pytest -p no:cacheprovider tests integration $(PYTEST_ARGS); \
-	rc=$$?; \
+	    $(TEST_PY) -m pytest -p no:cacheprovider --basetemp="$$bt" \
+	    tests integration $(PYTEST_ARGS); \
+	rc=$$?; rm -rf "$$bt"; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected (exit 5), treated as success"; rc=0; fi; \
 	exit $$rc
 

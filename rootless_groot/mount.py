@@ -29,13 +29,16 @@ def mount_overlay(
         _mount_new_api(lowerdirs, upper, work, target, userxattr)
         return
     except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-            raise GrootError(f"mounting overlay at {target}: {e.strerror}") from None
-        log.debug("mount.new-api-unavailable", error=str(e))
+        # Kernels before 6.8 parse "lowerdir+" as an unknown option and fail only at
+        # FSCONFIG_CMD_CREATE, with the same EINVAL a bad layer gives: so any failure here
+        # is retried the classic way, whose error (if any) is the one reported.
+        new_api_error = e
+        log.debug("mount.new-api-failed", error=str(e))
     base, names = short_lowerdirs
     data = overlay_options(names, upper, work, userxattr)
     if len(data) > PAGE_LIMIT:
-        raise GrootError(f"mounting overlay at {target}: {len(names)} layers do not fit in the mount options of this kernel")
+        raise GrootError(f"mounting overlay at {target}: {new_api_error.strerror} "
+                         f"({len(names)} layers are too many for this kernel's classic mount options)")
     cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
     try:
         os.chdir(base)
@@ -56,11 +59,7 @@ def _mount_new_api(lowerdirs: list[str], upper: str, work: str, target: str, use
         syscalls.fsconfig(fs_fd, syscalls.FSCONFIG_SET_STRING, "workdir", work)
         if userxattr:
             syscalls.fsconfig(fs_fd, syscalls.FSCONFIG_SET_FLAG, "userxattr")
-        try:
-            syscalls.fsconfig(fs_fd, syscalls.FSCONFIG_CMD_CREATE)
-        except OSError as e:
-            # EINVAL from CREATE is a real mount error (bad layer), not a missing API.
-            raise GrootError(f"mounting overlay at {target}: {e.strerror}") from None
+        syscalls.fsconfig(fs_fd, syscalls.FSCONFIG_CMD_CREATE)
         mnt_fd = syscalls.fsmount(fs_fd)
         try:
             syscalls.move_mount_fd(mnt_fd, target)
