@@ -159,6 +159,8 @@ def delete_image(ctx: StoreContext, image_id: str) -> None:
     from .. import quota as quota_mod
 
     info = read_image(ctx, image_id)
+    if info.quota:
+        quota_mod.prepare(ctx)  # the setuid helper must start outside the store's namespace
     ctx.enter()
     with flocked(ctx.store.lock_path("gc"), exclusive=False):
         if info.quota:
@@ -196,6 +198,8 @@ def image_stats(ctx: StoreContext, image_id: str) -> dict:
     from .. import quota as quota_mod
 
     info = read_image(ctx, image_id)
+    if info.quota:
+        quota_mod.prepare(ctx)
     ctx.enter()
     exclusive = quota_mod.exclusive_usage(ctx, info)
     if exclusive is None:
