@@ -369,10 +369,6 @@ def cmd_pull(args, cfg) -> int:
     try:
         with flocked(ctx.store.lock_path("gc"), exclusive=False):
             image = source.resolve()
-            if limit and not cfg.exclude_image_from_quota and sum(l.size or 0 for l in image.layers) > limit:
-                from .errors import QuotaError
-
-                raise QuotaError("layers exceed disk quota")
             ensure_layers(ctx, source, image.layers)
     finally:
         source.close()
