@@ -6,81 +6,79 @@ Heavy modules are imported inside the commands that need them.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
-from typing import Any, NoReturn
 
 from . import __version__, log
+from .argv import Command, Opt, help_text, parse
 from .errors import GrootError, NotFound, UsageError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"invalid arguments - {message} - usage: {self.format_usage().strip().removeprefix('usage: ')}")
+    from .argv import Args
+
+DESCRIPTION = "Rootless container image manager (GrootFS-compatible)."
+
+GLOBAL_OPTS = [
+    Opt("--config", help="GrootFS-style YAML config file (flags override it)", metavar="FILE"),
+    Opt("--store", help="store directory (default: $XDG_DATA_HOME/rootless-groot; /var/lib/rootless-groot as root)",
+        metavar="DIR"),
+    Opt("--log-level", help="debug, info, error or fatal (default: fatal)", metavar="LEVEL"),
+    Opt("--log-file", help="append logs to this file instead of stderr", metavar="FILE"),
+    Opt("--newuidmap-bin", help="newuidmap binary (default: newuidmap)", metavar="PATH"),
+    Opt("--newgidmap-bin", help="newgidmap binary (default: newgidmap)", metavar="PATH"),
+]
+
+_REGISTRY_OPTS = [
+    Opt("--username", help="registry user (Garden passes it)", metavar="U"),
+    Opt("--password", help="registry password", metavar="P"),
+    Opt("--insecure-registry", "append", help="allow self-signed TLS or plain HTTP for this HOST[:PORT] (repeatable)",
+        metavar="HOST"),
+    Opt("--platform", help="OS/ARCH[/VARIANT] to pick from a multi-platform image", metavar="PLATFORM"),
+    Opt("--registry-ca", help="extra CA certificate(s) (PEM) to trust for registries", metavar="FILE"),
+    Opt("--registry-mirror", "append", help="a Docker Hub mirror to try first (repeatable; also registries.conf)",
+        metavar="LOC"),
+    Opt("--pull", dest="pull_policy", choices=("always", "missing", "never"), metavar="always|missing|never",
+        help="always: ask the registry for the tag (default); missing: reuse the store's last resolution; never"),
+    Opt("--quiet,-q", "true", help="no progress on stderr"),
+]
+
+COMMANDS = {c.name: c for c in [
+    Command("init-store", "create a store and record its id mappings", [
+        Opt("--uid-mapping", "append", help="NS:HOST:SIZE (repeatable)", metavar="NS:HOST:SIZE"),
+        Opt("--gid-mapping", "append", help="NS:HOST:SIZE (repeatable)", metavar="NS:HOST:SIZE"),
+        Opt("--store-size-bytes", "int", help="as root: an XFS backing file of this size with project quotas",
+            metavar="N"),
+        Opt("--with-direct-io", "true", help="accepted for GrootFS compatibility"),
+    ]),
+    Command("delete-store", "unmount and remove the store and everything in it"),
+    Command("create", "make a root filesystem for a container from an image", [
+        Opt("--disk-limit-size-bytes", "int", help="disk limit for image + writes (see docs/quota.md)", metavar="N"),
+        Opt("--exclude-image-from-quota", "true", help="count only the container's writes against the limit"),
+        Opt("--skip-layer-validation", "true", help="do not check layers' diffIDs"),
+        Opt("--with-clean", "true", help="run clean before creating"),
+        Opt("--without-clean", "false", dest="with_clean", help="do not run clean first (default)"),
+        Opt("--threshold-bytes", "int", help="clean only above this store size", metavar="N"),
+        Opt("--with-mount", "false", dest="without_mount", help="mount the rootfs (default)"),
+        Opt("--without-mount", "true", help="return the overlay in the JSON for the runtime to mount"),
+        *_REGISTRY_OPTS,
+        Opt("--clean-log-file", help="accepted for GrootFS compatibility", metavar="FILE"),
+    ], ("image", "id")),
+    Command("pull", "fetch an image's layers into the store without creating an image", _REGISTRY_OPTS, ("image",)),
+    Command("delete", "unmount and remove an image", [], ("id?",)),
+    Command("stats", "disk usage of an image, as JSON", [], ("id",)),
+    Command("list", "list images", [Opt("--json", "true", help="one JSON document with ids, paths and sizes")]),
+    Command("clean", "remove layers no image uses and leftovers of interrupted commands",
+            [Opt("--threshold-bytes", "int", help="only when the store holds more than N bytes", metavar="N")]),
+    Command("capacity", "the store's configured size, as JSON"),
+    Command("enter", "run a command inside the store's user and mount namespace (default: $SHELL)", rest="cmd"),
+]}
 
 
-def _parser() -> _Parser:
-    p = _Parser(prog="rootless-groot", description="Rootless container image manager (GrootFS-compatible).")
-    p.add_argument("--version", action="version", version=f"rootless-groot {__version__}")
-    p.add_argument("--config", help="GrootFS-style YAML config file (flags override it)")
-    p.add_argument("--store", help="store directory (default: $XDG_DATA_HOME/rootless-groot, or /var/lib/rootless-groot as root)")
-    p.add_argument("--log-level", help="debug, info, error or fatal (default: fatal)")
-    p.add_argument("--log-file", help="append logs to this file instead of stderr")
-    p.add_argument("--newuidmap-bin", help="newuidmap binary (default: newuidmap)")
-    p.add_argument("--newgidmap-bin", help="newgidmap binary (default: newgidmap)")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    c = sub.add_parser("init-store", help="create a store and record its id mappings")
-    c.add_argument("--uid-mapping", action="append", default=[], metavar="NS:HOST:SIZE")
-    c.add_argument("--gid-mapping", action="append", default=[], metavar="NS:HOST:SIZE")
-    c.add_argument("--store-size-bytes", type=int, default=None)
-    c.add_argument("--with-direct-io", action="store_true", help="accepted for GrootFS compatibility")
-
-    sub.add_parser("delete-store", help="unmount and remove the store and everything in it")
-
-    c = sub.add_parser("create", help="make a root filesystem for a container from an image")
-    c.add_argument("--disk-limit-size-bytes", type=int, default=None)
-    c.add_argument("--exclude-image-from-quota", action="store_true", default=None)
-    c.add_argument("--skip-layer-validation", action="store_true", default=None)
-    c.add_argument("--with-clean", dest="with_clean", action="store_true", default=None)
-    c.add_argument("--without-clean", dest="with_clean", action="store_false")
-    c.add_argument("--threshold-bytes", type=int, default=None)
-    c.add_argument("--with-mount", dest="without_mount", action="store_false", default=None)
-    c.add_argument("--without-mount", dest="without_mount", action="store_true")
-    c.add_argument("--username", default=None)
-    c.add_argument("--password", default=None)
-    c.add_argument("--insecure-registry", action="append", default=None)
-    c.add_argument("--platform", default=None, help="OS/ARCH[/VARIANT] to pick from a multi-platform image")
-    _add_registry_flags(c)
-    c.add_argument("--clean-log-file", default=None, help="accepted for GrootFS compatibility")
-    c.add_argument("image")
-    c.add_argument("id")
-
-    c = sub.add_parser("pull", help="fetch an image's layers into the store without creating an image")
-    c.add_argument("--username", default=None)
-    c.add_argument("--password", default=None)
-    c.add_argument("--insecure-registry", action="append", default=None)
-    c.add_argument("--platform", default=None, help="OS/ARCH[/VARIANT] to pick from a multi-platform image")
-    _add_registry_flags(c)
-    c.add_argument("image")
-
-    c = sub.add_parser("delete", help="unmount and remove an image")
-    c.add_argument("id", nargs="?")
-    c = sub.add_parser("stats", help="disk usage of an image, as JSON")
-    c.add_argument("id")
-    c = sub.add_parser("list", help="list images")
-    c.add_argument("--json", action="store_true", help="one JSON document with ids, paths and sizes")
-    c = sub.add_parser("clean", help="remove layers no image uses and leftovers of interrupted commands")
-    c.add_argument("--threshold-bytes", type=int, default=None)
-    sub.add_parser("capacity", help="the store's configured size, as JSON")
-    c = sub.add_parser("enter", help="run a command inside the store's user and mount namespace")
-    c.add_argument("cmd", nargs=argparse.REMAINDER)
-    return p
-
-
-def _config(args: argparse.Namespace):
+def _config(args: Args):
     from . import config
 
     overrides: dict[str, Any] = {
@@ -106,12 +104,17 @@ def _print_json(doc: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        args = _parser().parse_args(argv)
-        if not args.command:
-            raise UsageError("no command given: see `rootless-groot --help`")
+        name, args = parse(argv, GLOBAL_OPTS, COMMANDS)
+        if name == "--version":
+            print(f"rootless-groot {__version__}")
+            return 0
+        if name in ("-h", "--help") or (name or "").startswith("help:"):
+            sys.stdout.write(help_text("rootless-groot", DESCRIPTION, GLOBAL_OPTS, COMMANDS,
+                                       name[5:] if name.startswith("help:") else None))
+            return 0
         cfg = _config(args)
         log.configure(cfg.log_level, cfg.log_file)
-        return COMMANDS[args.command](args, cfg) or 0
+        return HANDLERS[args.command](args, cfg) or 0
     except GrootError as e:
         log.error("command-failed", error=str(e))
         print(str(e).replace("\n", " "), flush=True)
@@ -138,7 +141,7 @@ def cmd_init_store(args, cfg) -> int:
 
     explicit = bool(args.uid_mapping or args.gid_mapping)
     if explicit:
-        uids, gids = parse_mappings(args.uid_mapping), parse_mappings(args.gid_mapping)
+        uids, gids = parse_mappings(args.uid_mapping or []), parse_mappings(args.gid_mapping or [])
     elif os.geteuid() == 0:
         uids, gids = (), ()
     else:
@@ -315,7 +318,7 @@ def cmd_delete_store(args, cfg) -> int:
 
 
 def cmd_enter(args, cfg) -> int:
-    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    cmd = args.cmd
     if not cmd:
         cmd = [os.environ.get("SHELL") or "/bin/sh"]
     ctx = _open(cfg)
@@ -328,19 +331,7 @@ def cmd_enter(args, cfg) -> int:
     return 1
 
 
-def _add_registry_flags(c: argparse.ArgumentParser) -> None:
-    """Flags for docker:// images, shared by create and pull."""
-    c.add_argument("--registry-ca", default=None, metavar="FILE",
-                   help="extra CA certificate(s) (PEM) to trust for registries")
-    c.add_argument("--registry-mirror", action="append", default=None, metavar="[https://]HOST[:PORT][/PREFIX]",
-                   help="a Docker Hub mirror to try first (repeatable; also [[registry.mirror]] in registries.conf)")
-    c.add_argument("--pull", dest="pull_policy", choices=("always", "missing", "never"), default=None,
-                   help="always: check the tag with the registry (default); missing: use the store's last "
-                        "resolution if its layers are present; never: only the store")
-    c.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
-
-
-def _registry_options(args: argparse.Namespace, cfg) -> dict[str, Any]:
+def _registry_options(args: Args, cfg) -> dict[str, Any]:
     """What a docker:// source needs from flags and config (ignored by other sources)."""
     return {
         "username": args.username,
@@ -376,7 +367,7 @@ def cmd_pull(args, cfg) -> int:
     return 0
 
 
-COMMANDS = {
+HANDLERS = {
     "init-store": cmd_init_store,
     "delete-store": cmd_delete_store,
     "create": cmd_create,

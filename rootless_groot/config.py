@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
-from typing import Any
-
 from .errors import UsageError
+from .record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def default_store() -> str:
@@ -16,21 +18,29 @@ def default_store() -> str:
     return os.path.join(base, "rootless-groot")
 
 
-@dataclass(frozen=True)
-class Config:
-    store: str = ""
-    log_level: str | None = None
-    log_file: str | None = None
-    newuidmap_bin: str = "newuidmap"
-    newgidmap_bin: str = "newgidmap"
-    exclude_image_from_quota: bool = False
-    skip_layer_validation: bool = False
-    with_clean: bool = False
-    without_mount: bool = False
-    disk_limit_size_bytes: int = 0
-    insecure_registries: tuple[str, ...] = field(default_factory=tuple)
-    clean_threshold_bytes: int = 0
-    store_size_bytes: int = 0
+class Config(Record):
+    """Everything a command needs to know from the config file and the flags."""
+
+    _defaults = {
+        "store": "", "log_level": None, "log_file": None, "newuidmap_bin": "newuidmap",
+        "newgidmap_bin": "newgidmap", "exclude_image_from_quota": False, "skip_layer_validation": False,
+        "with_clean": False, "without_mount": False, "disk_limit_size_bytes": 0, "insecure_registries": (),
+        "clean_threshold_bytes": 0, "store_size_bytes": 0,
+    }
+    __slots__ = tuple(_defaults)
+    store: str
+    log_level: str | None
+    log_file: str | None
+    newuidmap_bin: str
+    newgidmap_bin: str
+    exclude_image_from_quota: bool
+    skip_layer_validation: bool
+    with_clean: bool
+    without_mount: bool
+    disk_limit_size_bytes: int
+    insecure_registries: tuple[str, ...]
+    clean_threshold_bytes: int
+    store_size_bytes: int
 
 
 # YAML key path -> Config field
@@ -115,10 +125,8 @@ def build(config_file: str | None, overrides: dict[str, Any]) -> Config:
         if key == "insecure_registries":
             value = tuple(values.get("insecure_registries", ())) + tuple(value)
         values[key] = value
-    cfg = replace(Config(), **values)
-    if not cfg.store:
-        cfg = replace(cfg, store=default_store())
-    cfg = replace(cfg, store=os.path.abspath(cfg.store))
+    values["store"] = os.path.abspath(values.get("store") or default_store())
+    cfg = Config(**values)
     if cfg.disk_limit_size_bytes < 0:
         raise UsageError("invalid argument: disk limit cannot be negative")
     if cfg.clean_threshold_bytes < 0:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 from .errors import ImageError
 

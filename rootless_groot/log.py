@@ -9,7 +9,9 @@ import json
 import os
 import sys
 import time
-from typing import Any, TextIO
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TextIO
 
 LEVELS = {"debug": 0, "info": 1, "warn": 2, "error": 2, "fatal": 3, "quiet": 4}
 

@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-
 from .errors import UsageError
+from .record import Record
 
 
-@dataclass(frozen=True, order=True)
-class IDMapping:
+class IDMapping(Record):
     """One line of a uid_map: ``size`` ids starting at ``ns_id`` inside map to ``host_id`` outside."""
 
+    __slots__ = ("ns_id", "host_id", "size")
     ns_id: int
     host_id: int
     size: int

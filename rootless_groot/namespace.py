@@ -10,9 +10,7 @@ killed), the next command starts a new one and the caller remounts the images.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
 
 from . import log, syscalls
 from .errors import NamespaceError
@@ -53,6 +51,8 @@ def _sleep_binary() -> str:
     for path in ("/bin/sleep", "/usr/bin/sleep"):
         if os.access(path, os.X_OK):
             return path
+    import shutil
+
     found = shutil.which("sleep")
     if not found:
         raise NamespaceError("cannot start the store keeper: no `sleep` binary found")
@@ -140,6 +140,8 @@ def _write_mappings(pid: int, meta: StoreMeta, newuidmap: str, newgidmap: str) -
         _write_map(f"/proc/{pid}/uid_map", meta.uid_mappings)
         _write_map(f"/proc/{pid}/gid_map", meta.gid_mappings)
         return
+    import subprocess
+
     for binary, maps in ((newuidmap, meta.uid_mappings), (newgidmap, meta.gid_mappings)):
         try:
             proc = subprocess.run([binary, str(pid), *newidmap_args(maps)], capture_output=True, text=True)

@@ -2,20 +2,27 @@
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass
 
 from .errors import UsageError
+from .record import Record
 
 DOCKER_HUB = "docker.io"
-DIGEST_RE = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
-_REPO_COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+_HEX = frozenset("0123456789abcdef")
+_DIGEST_LENGTHS = {"sha256": 64, "sha512": 128}
 
 
-@dataclass(frozen=True)
-class DockerRef:
+def is_digest(text: object) -> bool:
+    """``sha256:<64 lowercase hex>`` or ``sha512:<128>``; without ``re``, which warm paths skip."""
+    if not isinstance(text, str):
+        return False
+    algorithm, sep, hex_part = text.partition(":")
+    return bool(sep) and _DIGEST_LENGTHS.get(algorithm) == len(hex_part) and _HEX.issuperset(hex_part)
+
+
+class DockerRef(Record):
     """A registry image, normalised like docker's (``debian`` is ``docker.io/library/debian:latest``)."""
+
+    __slots__ = ("registry", "repository", "tag", "digest")
 
     registry: str
     repository: str
@@ -36,9 +43,10 @@ class DockerRef:
         return out
 
 
-@dataclass(frozen=True)
-class OCILayoutRef:
+class OCILayoutRef(Record):
     """An OCI image layout directory, optionally with a tag (``org.opencontainers.image.ref.name``)."""
+
+    __slots__ = ("path", "tag")
 
     path: str
     tag: str | None
@@ -47,9 +55,10 @@ class OCILayoutRef:
         return f"oci://{self.path}" + (f":{self.tag}" if self.tag else "")
 
 
-@dataclass(frozen=True)
-class TarballRef:
+class TarballRef(Record):
     """A rootfs tarball on disk (a Cloud Foundry stack): one layer, cached by path, size and mtime."""
+
+    __slots__ = ("path",)
 
     path: str
 
@@ -57,10 +66,7 @@ class TarballRef:
         return self.path
 
 
-ImageRef = DockerRef | OCILayoutRef | TarballRef
-
-
-def parse_ref(text: str) -> ImageRef:
+def parse_ref(text: str) -> DockerRef | OCILayoutRef | TarballRef:
     """Parse what Garden or a user passes as ``<rootfs-uri>``."""
     if not text:
         raise UsageError("image reference is empty")
@@ -93,13 +99,15 @@ def parse_docker(text: str) -> DockerRef:
     name, digest = text, None
     if "@" in text:
         name, _, digest = text.partition("@")
-        if not DIGEST_RE.match(digest):
+        if not is_digest(digest):
             raise UsageError(f"invalid digest `{digest}` in `{text}`")
+    import re  # docker references only: the OCI and tarball paths stay free of it
+
     tag = None
     last = name.rsplit("/", 1)[-1]
     if ":" in last:
         name, _, tag = name.rpartition(":")
-        if not _TAG_RE.match(tag):
+        if not re.match(r"^[\w][\w.-]{0,127}$", tag):
             raise UsageError(f"invalid tag `{tag}` in `{text}`")
     parts = name.split("/")
     if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
@@ -110,7 +118,8 @@ def parse_docker(text: str) -> DockerRef:
         registry = DOCKER_HUB
     if registry == DOCKER_HUB and len(repo_parts) == 1:
         repo_parts = ["library", *repo_parts]
-    if not repo_parts or not all(_REPO_COMPONENT_RE.match(p) for p in repo_parts):
+    component = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+    if not repo_parts or not all(component.match(p) for p in repo_parts):
         raise UsageError(f"invalid repository name in `{text}`")
     if tag is None and digest is None:
         tag = "latest"

@@ -1,11 +1,14 @@
 """Image sources; ``open_source`` picks one by reference kind (imports stay lazy)."""
 from __future__ import annotations
 
-from ..refs import DockerRef, ImageRef, OCILayoutRef, TarballRef
-from .base import ImageSource
+from ..refs import DockerRef, OCILayoutRef, TarballRef
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .base import ImageSource
 
 
-def open_source(ref: ImageRef, platform: dict[str, str] | None = None, **registry_options) -> ImageSource:
+def open_source(ref: DockerRef | OCILayoutRef | TarballRef, platform: dict[str, str] | None = None, **registry_options) -> ImageSource:
     if isinstance(ref, OCILayoutRef):
         from .oci_layout import OCILayoutSource
 

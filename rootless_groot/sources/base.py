@@ -6,13 +6,16 @@ layers it does not have yet, and streams them through verification and unpacking
 """
 from __future__ import annotations
 
-import platform
-from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Protocol
+import os
 
 from ..digests import chain_ids, check_digest
 from ..errors import ImageError
 from ..jsonutil import loads_strict
+from ..record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO, Protocol
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -40,16 +43,17 @@ LAYER_TYPES = {
 MAX_DOCUMENT = 4 << 20  # manifests, indexes and configs larger than this are refused
 
 
-@dataclass(frozen=True)
-class LayerDescriptor:
+class LayerDescriptor(Record):
     """One layer: what to fetch, what it must hash to, and its cache key."""
 
+    __slots__ = ("chain_id", "digest", "size", "diff_id", "media_type", "urls")
+    _defaults = {"urls": ()}
     chain_id: str
     digest: str | None  # of the blob as stored (None: nothing to check, e.g. a local tarball)
     size: int | None
     diff_id: str | None  # of the uncompressed tar, from the image config
     media_type: str
-    urls: tuple[str, ...] = ()
+    urls: tuple[str, ...]
 
     @property
     def name(self) -> str:
@@ -57,28 +61,35 @@ class LayerDescriptor:
         return f"layer {self.digest or self.chain_id}"
 
 
-@dataclass(frozen=True)
-class ResolvedImage:
+class ResolvedImage(Record):
+    """What a source knows about an image before any layer is fetched."""
+
+    __slots__ = ("layers", "env", "manifest_digest", "config_digest")
+    _defaults = {"env": (), "manifest_digest": None, "config_digest": None}
     layers: list[LayerDescriptor]  # base first
-    env: list[str] = field(default_factory=list)
-    manifest_digest: str | None = None
-    config_digest: str | None = None
+    env: list[str]
+    manifest_digest: str | None
+    config_digest: str | None
 
 
-class ImageSource(Protocol):
-    def resolve(self) -> ResolvedImage:
-        """Read manifest and config (small documents only)."""
+if TYPE_CHECKING:
 
-    def open_blob(self, layer: LayerDescriptor) -> BinaryIO:
-        """The layer's raw stored bytes; the caller verifies them while streaming."""
+    class ImageSource(Protocol):
+        """The one interface of every image source (a type only: nothing to import at run time)."""
 
-    def close(self) -> None:
-        ...
+        def resolve(self) -> ResolvedImage:
+            """Read manifest and config (small documents only)."""
+
+        def open_blob(self, layer: LayerDescriptor) -> BinaryIO:
+            """The layer's raw stored bytes; the caller verifies them while streaming."""
+
+        def close(self) -> None:
+            ...
 
 
 def runtime_platform() -> dict[str, str]:
     """This machine as an OCI platform (os, architecture, variant)."""
-    machine = platform.machine().lower()
+    machine = os.uname().machine.lower()
     arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm",
             "armv6l": "arm", "i686": "386", "i386": "386", "ppc64le": "ppc64le", "s390x": "s390x",
             "riscv64": "riscv64"}.get(machine, machine)

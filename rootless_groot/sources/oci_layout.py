@@ -1,13 +1,16 @@
 """OCI image layouts on disk (``oci:///abs/path[:tag]``): index.json, nested indexes, platforms."""
 from __future__ import annotations
 
-import hashlib
 import os
-from typing import Any, BinaryIO
 
+from ..digests import document_digest_matches
 from ..errors import ImageError, NotFound
 from ..jsonutil import loads_strict
 from ..refs import OCILayoutRef
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO
+
 from .base import (
     INDEX_TYPES,
     MAX_DOCUMENT,
@@ -44,8 +47,7 @@ class OCILayoutSource:
             raise ImageError(f"{what}: blob {digest} is missing from the layout") from None
         if len(data) != size:
             raise ImageError(f"{what}: blob {digest} has size {len(data) if len(data) <= size else 'over ' + str(size)}, expected {size}")
-        algorithm, expected = digest.split(":", 1)
-        if hashlib.new(algorithm, data).hexdigest() != expected:
+        if not document_digest_matches(digest, data):
             raise ImageError(f"{what}: blob {digest} does not match its digest")
         return data
 

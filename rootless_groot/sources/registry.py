@@ -28,7 +28,7 @@ from typing import Any
 from .. import log
 from ..digests import check_digest
 from ..errors import ImageError, LayerError, NotFound, UsageError
-from ..refs import DIGEST_RE, DockerRef
+from ..refs import DockerRef, is_digest
 from .base import (
     DOCKER_CONFIG,
     DOCKER_SCHEMA1,
@@ -326,7 +326,7 @@ class RegistrySource:
 
     # -- documents -----------------------------------------------------------------------
     def _manifest_url(self, ep: Endpoint, reference: str) -> str:
-        if not DIGEST_RE.match(reference) and not _TAG_RE.match(reference):
+        if not is_digest(reference) and not _TAG_RE.match(reference):
             raise ImageError(f"invalid tag `{reference}`")
         return f"{ep.base}/v2/{ep.repository}/manifests/{reference}"
 
@@ -339,7 +339,7 @@ class RegistrySource:
                 raise NotFound(f"image {self.what} not found")
             return None
         digest = (resp.headers.get("Docker-Content-Digest") or "").strip()
-        return digest if DIGEST_RE.match(digest) else None
+        return digest if is_digest(digest) else None
 
     def _fetch_manifest(self, ep: Endpoint, reference: str, expect: tuple[str, int, str] | None) -> tuple[dict, str, str]:
         """GET a manifest or index: (document, media type, digest), all checked."""
@@ -355,11 +355,11 @@ class RegistrySource:
         body = read_capped(resp, MAX_DOCUMENT, what)
         if content_type in DOCKER_SCHEMA1:
             raise ImageError(f"{what} is a Docker schema 1 manifest, which is not supported: re-push the image with a current client")
-        pinned = expect[0] if expect else (reference if DIGEST_RE.match(reference) else None)
+        pinned = expect[0] if expect else (reference if is_digest(reference) else None)
         digest = _hash(pinned or "sha256:", body)
         if pinned and digest != pinned:
             raise ImageError(f"{what} does not match its digest (got {digest})")
-        if header_digest and DIGEST_RE.match(header_digest) and _hash(header_digest, body) != header_digest:
+        if header_digest and is_digest(header_digest) and _hash(header_digest, body) != header_digest:
             raise ImageError(f"{what} does not match the registry's Docker-Content-Digest header")
         if expect and len(body) != expect[1]:
             raise ImageError(f"{what} has size {len(body)}, expected {expect[1]}")

@@ -5,13 +5,16 @@ and mtime. A changed tarball gets a new key and is unpacked again; ``clean`` dro
 """
 from __future__ import annotations
 
-import hashlib
 import os
-from typing import BinaryIO
 
+from ..digests import sha256_hex
 from ..errors import ImageError, NotFound
 from ..refs import TarballRef
 from .base import LayerDescriptor, ResolvedImage
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 
 class TarballSource:
@@ -28,7 +31,7 @@ class TarballSource:
             raise ImageError(f"cannot read `{self.ref.path}`: permission denied") from None
         if not os.path.isfile(path):
             raise ImageError(f"`{self.ref.path}` is not a tarball file")
-        key = hashlib.sha256(f"{path}-{st.st_size}-{st.st_mtime_ns}".encode()).hexdigest()
+        key = sha256_hex(f"{path}-{st.st_size}-{st.st_mtime_ns}".encode())
         layer = LayerDescriptor(key, None, None, None, "application/vnd.oci.image.layer.v1.tar")
         return ResolvedImage([layer])
 

@@ -2,21 +2,26 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Callable
 
-from ..config import Config
 from ..errors import StoreError
 from ..mappings import to_host
 from .layout import SUBDIRS, Store, StoreMeta
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
 
-@dataclass
+    from ..config import Config
+
+
 class StoreContext:
-    store: Store
-    meta: StoreMeta
-    config: Config
-    in_namespace: bool = False
+    """An opened store for one command: where it is, what it recorded, and the config."""
+
+    def __init__(self, store: Store, meta: StoreMeta, config: Config):
+        self.store = store
+        self.meta = meta
+        self.config = config
+        self.in_namespace = False
 
     @classmethod
     def open(cls, config: Config) -> "StoreContext":

@@ -3,23 +3,25 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import tempfile
-from dataclasses import dataclass
 
 from .. import log
 from ..errors import GrootError, NotFound, UsageError
 from ..mount import is_mountpoint, mount_overlay, overlay_options, unmount
-from .context import StoreContext
-from .layers import ensure_short_link, layer_size, remove_tree
+from ..record import Record
+from .layers import ensure_short_link, layer_size, make_temp_dir, remove_tree
 from .locks import flocked
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .context import StoreContext
+
 IMAGE_META = "image.json"
-_BAD_ID = re.compile(r"[/\x00]")
 
 
-@dataclass(frozen=True)
-class ImageInfo:
+class ImageInfo(Record):
+    """What ``image.json`` records about one image."""
+
+    __slots__ = ("image_id", "layers", "env", "size", "mount", "quota", "exclude_image_from_quota")
     image_id: str
     layers: list[str]  # chain IDs, base first
     env: list[str]
@@ -37,7 +39,7 @@ class ImageInfo:
 def check_id(image_id: str) -> None:
     if not image_id:
         raise UsageError("id was not specified")
-    if _BAD_ID.search(image_id):
+    if "/" in image_id or "\x00" in image_id:
         raise UsageError(f"id `{image_id}` contains invalid characters: `/`")
     if image_id in (".", "..") or len(image_id) > 255:
         raise UsageError(f"id `{image_id}` is not a valid image id")
@@ -120,7 +122,7 @@ def create_image(ctx: StoreContext, image_id: str, layers: list[str], env: list[
     for chain_id in layers:
         ensure_short_link(ctx, chain_id)
     info = ImageInfo(image_id, layers, env, size, mount, quota, exclude_image_from_quota)
-    work = tempfile.mkdtemp(prefix=f"image-{image_id[:32]}-", dir=store.tmp)
+    work = make_temp_dir(store.tmp, f"image-{image_id[:32]}-")
     try:
         for sub in ("diff", "work", "rootfs"):
             os.mkdir(os.path.join(work, sub), 0o755)
@@ -149,7 +151,7 @@ def create_image(ctx: StoreContext, image_id: str, layers: list[str], env: list[
 def _remove_image_dir(ctx: StoreContext, image_id: str) -> None:
     image_dir = ctx.store.image_dir(image_id)
     unmount(os.path.join(image_dir, "rootfs"))
-    doomed = tempfile.mkdtemp(prefix=f"deleted-{image_id[:32]}-", dir=ctx.store.tmp)
+    doomed = make_temp_dir(ctx.store.tmp, f"deleted-{image_id[:32]}-")
     os.rename(image_dir, os.path.join(doomed, "image"))
     remove_tree(doomed)
 

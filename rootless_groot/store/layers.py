@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import tempfile
 import time
-from typing import Callable
 
-from .. import log, syscalls
+from .. import log
 from ..errors import GrootError, LayerError
-from ..sources.base import ImageSource, LayerDescriptor
-from .context import StoreContext
 from .locks import flocked
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
+
+    from ..sources.base import ImageSource, LayerDescriptor
+    from .context import StoreContext
 
 LAYER_META = "layer.json"
 
@@ -55,6 +57,7 @@ def _task(ctx: StoreContext, source: ImageSource, layer: LayerDescriptor) -> Cal
 
 def install_layer(ctx: StoreContext, source: ImageSource, layer: LayerDescriptor) -> None:
     """Unpack one layer into ``tmp/``, verify it, sync it, and rename it into place."""
+    from .. import syscalls
     from ..layers.pipeline import unpack_blob
 
     store = ctx.store
@@ -63,7 +66,7 @@ def install_layer(ctx: StoreContext, source: ImageSource, layer: LayerDescriptor
         if os.path.isdir(final):
             return
         started = time.monotonic()
-        work = tempfile.mkdtemp(prefix=f"layer-{layer.chain_id[:12]}-", dir=store.tmp)
+        work = make_temp_dir(store.tmp, f"layer-{layer.chain_id[:12]}-")
         try:
             diff = os.path.join(work, "diff")
             os.mkdir(diff, 0o755)
@@ -100,6 +103,18 @@ def install_layer(ctx: StoreContext, source: ImageSource, layer: LayerDescriptor
         log.info("layer.unpacked", layer=layer.name, chain_id=layer.chain_id, size=result.size,
                  entries=result.entries, seconds=round(time.monotonic() - started, 3))
     ensure_short_link(ctx, layer.chain_id)
+
+
+def make_temp_dir(parent: str, prefix: str) -> str:
+    """A new private directory in ``parent`` (``tempfile`` would cost an import per command)."""
+    for _ in range(100):
+        path = os.path.join(parent, f"{prefix}{os.urandom(6).hex()}")
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
+    raise GrootError(f"cannot create a temporary directory in {parent}")
 
 
 def ensure_short_link(ctx: StoreContext, chain_id: str) -> str:
@@ -139,6 +154,10 @@ def _spawn(tool: str, *args: str) -> int:
 
 def _run_forked(tasks: list[Callable[[], None]], max_workers: int) -> list[str | None]:
     """Run each task in a forked child, at most ``max_workers`` at once; collect error messages."""
+    import signal
+
+    from .. import syscalls
+
     results: list[str | None] = [None] * len(tasks)
     running: dict[int, tuple[int, int]] = {}
 

@@ -17,19 +17,20 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 
 from ..errors import StoreError
 from ..mappings import IDMapping, parse_mappings
+from ..record import Record
 
 FORMAT_VERSION = 1
 SHORT_ID_LEN = 16
 SUBDIRS = ("layers", "l", "images", "tmp", "locks", "run")
 
 
-@dataclass(frozen=True)
-class StoreMeta:
+class StoreMeta(Record):
     """What ``init-store`` recorded: checked by every later command."""
+
+    __slots__ = ("owner_uid", "owner_gid", "uid_mappings", "gid_mappings", "rootless")
 
     owner_uid: int
     owner_gid: int
