@@ -6,7 +6,6 @@ Heavy modules are imported inside the commands that need them.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -98,7 +97,9 @@ def _config(args: Args):
 
 
 def _print_json(doc: Any) -> None:
-    sys.stdout.write(json.dumps(doc, separators=(",", ":")) + "\n")
+    from .fastjson import dumps
+
+    sys.stdout.write(dumps(doc) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,7 +176,6 @@ def _open_or_init(cfg):
 
 
 def cmd_create(args, cfg) -> int:
-    from .quota import check_available, effective_limit
     from .refs import parse_ref
     from .sources import open_source
     from .sources.base import parse_platform
@@ -187,8 +187,11 @@ def cmd_create(args, cfg) -> int:
     ctx = _open_or_init(cfg)
     if os.path.exists(ctx.store.image_dir(args.id)):
         raise GrootError(f"image for id `{args.id}` already exists")
-    limit = effective_limit(cfg.disk_limit_size_bytes)
-    if limit:
+    limit = 0
+    if cfg.disk_limit_size_bytes:
+        from .quota import check_available, effective_limit
+
+        limit = effective_limit(cfg.disk_limit_size_bytes)
         check_available(ctx)
     if cfg.with_clean:
         from .store.gc import clean

@@ -1,7 +1,7 @@
 """Strict JSON for untrusted documents (manifests, configs, indexes)."""
 from __future__ import annotations
 
-import json
+from .fastjson import loads
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -21,7 +21,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def loads_strict(data: bytes, what: str) -> dict[str, Any]:
     """Parse a JSON object, refusing duplicate keys (two parsers could read different values)."""
     try:
-        doc = json.loads(data, object_pairs_hook=_no_duplicates)
+        doc = loads(data, object_pairs_hook=_no_duplicates)
     except ImageError as e:
         raise ImageError(f"{what}: {e}") from None
     except (ValueError, RecursionError):

@@ -5,7 +5,6 @@ log call below the configured level costs one integer comparison.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -45,6 +44,8 @@ def _emit(level: str, message: str, data: dict[str, Any]) -> None:
         "pid": os.getpid(),
         "data": data,
     }
+    import json  # only when something is logged
+
     try:
         _stream.write(json.dumps(record, default=str) + "\n")
         _stream.flush()

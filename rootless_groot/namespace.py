@@ -10,7 +10,6 @@ killed), the next command starts a new one and the caller remounts the images.
 from __future__ import annotations
 
 import os
-import signal
 
 from . import log, syscalls
 from .errors import NamespaceError
@@ -180,7 +179,7 @@ def ensure_keeper(store: Store, meta: StoreMeta, newuidmap: str, newgidmap: str)
             _write_mappings(pid, meta, newuidmap, newgidmap)
             os.write(go_w, b"g")
         except BaseException:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, 9)  # SIGKILL
             raise
         finally:
             os.close(go_w)
@@ -221,7 +220,7 @@ def stop_keeper(store: Store) -> None:
     pid = running_keeper(store)
     if pid is not None:
         try:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, 9)  # SIGKILL: the keeper only sleeps
         except ProcessLookupError:
             pass
     try:

@@ -13,11 +13,9 @@ its one request on stdin.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
-import subprocess
 
 from . import log
 from .errors import QuotaError
@@ -28,6 +26,10 @@ MIN_LIMIT = 256 * 1024  # GrootFS raises smaller limits to this
 HELPER = "/usr/local/libexec/rootless-groot/rootless-groot-quota"
 CONFIG_DIR = "/etc/rootless-groot"
 HELPER_TIMEOUT = 120
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
 
 _pending: subprocess.Popen | None = None
 
@@ -45,7 +47,9 @@ def helper_path() -> str:
 
 def store_name(root: str) -> str:
     """The store's registration name: derived from its real path, so nothing has to be stored."""
-    return "s" + hashlib.sha256(os.path.realpath(root).encode()).hexdigest()[:24]
+    from .digests import sha256_hex
+
+    return "s" + sha256_hex(os.path.realpath(root).encode())[:24]
 
 
 def registration(root: str) -> dict | None:
@@ -84,6 +88,8 @@ def _require(ctx: StoreContext) -> dict:
 
 
 def _spawn() -> subprocess.Popen:
+    import subprocess
+
     path = helper_path()
     try:
         st = os.stat(path)
@@ -137,6 +143,8 @@ def _call(op: str, image: str, root: str, **extra: int) -> dict:
         except OSError as e:
             answer = {"ok": False, "error": "failed", "message": str(e)}
     else:
+        import subprocess
+
         proc, _pending = _pending, None
         if proc is None:
             if _in_child_userns():
@@ -257,6 +265,8 @@ def _quota_fs(path: str) -> bool:
 
 
 def _run(argv: list[str]) -> None:
+    import subprocess
+
     try:
         proc = subprocess.run(argv, capture_output=True, text=True)
     except FileNotFoundError:

@@ -30,3 +30,17 @@ def test_read_only_dirs_and_missing_paths(tmp_path):
             os.chmod(d / "sub", 0o755)
     assert not d.exists()
     remove_tree(str(tmp_path / "never-existed"))  # nothing to do is fine
+
+
+def test_symlinks_are_removed_not_followed(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("keep")
+    tree = tmp_path / "tree"
+    (tree / "d").mkdir(parents=True)
+    (tree / "d" / "to-dir").symlink_to(outside)
+    (tree / "to-file").symlink_to(outside / "keep")
+    os.mkfifo(tree / "fifo")
+    remove_tree(str(tree))
+    assert not tree.exists()
+    assert (outside / "keep").read_text() == "keep"

@@ -1,11 +1,11 @@
 """Images: one per container, ``images/<id>/{diff,work,rootfs,image.json}``."""
 from __future__ import annotations
 
-import json
 import os
 
 from .. import log
 from ..errors import GrootError, NotFound, UsageError
+from ..fastjson import dumps, loads
 from ..mount import is_mountpoint, mount_overlay, overlay_options, unmount
 from ..record import Record
 from .layers import ensure_short_link, layer_size, make_temp_dir, remove_tree
@@ -49,7 +49,7 @@ def read_image(ctx: StoreContext, image_id: str) -> ImageInfo:
     path = os.path.join(ctx.store.image_dir(image_id), IMAGE_META)
     try:
         with open(path) as f:
-            data = json.load(f)
+            data = loads(f.read())
         return ImageInfo(data["id"], list(data["layers"]), list(data["env"]), int(data["size"]), bool(data["mount"]),
                          int(data.get("quota", 0)), bool(data.get("exclude_image_from_quota", False)))
     except FileNotFoundError:
@@ -114,8 +114,6 @@ def runtime_spec(ctx: StoreContext, info: ImageInfo) -> dict:
 def create_image(ctx: StoreContext, image_id: str, layers: list[str], env: list[str], *, mount: bool,
                  quota: int, exclude_image_from_quota: bool) -> ImageInfo:
     """Assemble the image directory in ``tmp/``, rename it into ``images/``, then mount it."""
-    from .. import quota as quota_mod
-
     store = ctx.store
     ctx.enter()
     size = sum(layer_size(ctx, c) for c in layers)
@@ -127,7 +125,7 @@ def create_image(ctx: StoreContext, image_id: str, layers: list[str], env: list[
         for sub in ("diff", "work", "rootfs"):
             os.mkdir(os.path.join(work, sub), 0o755)
         with open(os.path.join(work, IMAGE_META), "w") as f:
-            json.dump(info.to_json(), f)
+            f.write(dumps(info.to_json()))
         try:
             os.rename(work, store.image_dir(image_id))
         except OSError as e:
@@ -139,6 +137,8 @@ def create_image(ctx: StoreContext, image_id: str, layers: list[str], env: list[
         raise
     try:
         if quota:
+            from .. import quota as quota_mod
+
             quota_mod.apply_limit(ctx, info)
         if mount:
             mount_image(ctx, info)

@@ -7,12 +7,12 @@ killed halfway leaves only a directory in ``tmp/``, which ``clean`` removes.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 
 from .. import log
 from ..errors import GrootError, LayerError
+from ..fastjson import dumps, loads
 from .locks import flocked
 
 TYPE_CHECKING = False
@@ -29,7 +29,7 @@ def layer_size(ctx: StoreContext, chain_id: str) -> int:
     """Bytes of regular files in the layer, as recorded at unpack time."""
     try:
         with open(os.path.join(ctx.store.layer_dir(chain_id), LAYER_META)) as f:
-            return int(json.load(f)["size"])
+            return int(loads(f.read())["size"])
     except (OSError, ValueError, KeyError, TypeError):
         return 0
 
@@ -89,7 +89,7 @@ def install_layer(ctx: StoreContext, source: ImageSource, layer: LayerDescriptor
             meta = {"chain_id": layer.chain_id, "diff_id": result.diff_id, "digest": layer.digest,
                     "size": result.size, "entries": result.entries}
             with open(os.path.join(work, LAYER_META), "w") as f:
-                json.dump(meta, f)
+                f.write(dumps(meta))
             fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
                 syscalls.syncfs(fd)
@@ -132,17 +132,42 @@ def ensure_short_link(ctx: StoreContext, chain_id: str) -> str:
 def remove_tree(path: str) -> None:
     """Remove a directory tree we own (inside the namespace, subordinate-owned files included).
 
-    GNU ``rm -rf`` rather than ``shutil.rmtree``: a hostile layer can nest directories
-    deeper than Python's recursion limit or PATH_MAX, which rm's fd-based walk handles.
+    The usual image or layer goes in-process (no fork); a tree this walk cannot handle —
+    nested deeper than the recursion limit or PATH_MAX by a hostile layer, another
+    filesystem mounted inside, unreadable directories — goes to GNU ``rm -rf
+    --one-file-system``, whose fd-based walk has no depth limit.
     """
     if not os.path.lexists(path):
         return
+    try:
+        _remove_in_process(path)
+        return
+    except (OSError, RecursionError):
+        pass
     if _spawn("rm", "-rf", "--one-file-system", "--", path) != 0 and os.path.lexists(path):
         # Without CAP_DAC_OVERRIDE (not root, not in the namespace) read-only dirs block rm.
         _spawn("chmod", "-R", "u+rwX", "--", path)
         _spawn("rm", "-rf", "--one-file-system", "--", path)
     if os.path.lexists(path):
         raise GrootError(f"cannot remove {path}")
+
+
+def _remove_in_process(path: str) -> None:
+    if not os.path.isdir(path) or os.path.islink(path):
+        os.unlink(path)
+        return
+    device = os.lstat(path).st_dev
+    for _, dirs, files, dir_fd in os.fwalk(path, topdown=False):
+        if os.fstat(dir_fd).st_dev != device:
+            raise OSError(f"{path} has another filesystem mounted inside")
+        for name in files:
+            os.unlink(name, dir_fd=dir_fd)
+        for name in dirs:  # fwalk lists symlinks to directories here too
+            try:
+                os.rmdir(name, dir_fd=dir_fd)
+            except NotADirectoryError:
+                os.unlink(name, dir_fd=dir_fd)
+    os.rmdir(path)
 
 
 def _spawn(tool: str, *args: str) -> int:

@@ -15,10 +15,10 @@ something that looks finished.
 """
 from __future__ import annotations
 
-import json
 import os
 
 from ..errors import StoreError
+from ..fastjson import dumps, loads
 from ..mappings import IDMapping, parse_mappings
 from ..record import Record
 
@@ -97,7 +97,7 @@ class Store:
     def read_meta(self) -> StoreMeta:
         try:
             with open(self.meta_path) as f:
-                data = json.load(f)
+                data = loads(f.read())
         except FileNotFoundError:
             raise StoreError(f"no store found at {self.root}") from None
         except PermissionError:
@@ -109,6 +109,5 @@ class Store:
     def write_meta(self, meta: StoreMeta) -> None:
         tmp = f"{self.meta_path}.tmp.{os.getpid()}"
         with open(tmp, "w") as f:
-            json.dump(meta.to_json(), f, indent=1)
-            f.write("\n")
+            f.write(dumps(meta.to_json()) + "\n")
         os.rename(tmp, self.meta_path)
