@@ -1,0 +1,147 @@
+"""The table: medians of every measurement, then the issue's ratios with ✓/✗."""
+from __future__ import annotations
+
+from .util import Sample
+
+
+def fmt(v: float | None, unit: str) -> str:
+    if v is None:
+        return "—"
+    if unit == "s":
+        return f"{v * 1000:.1f} ms" if v < 1 else f"{v:.2f} s"
+    if unit == "MiB":
+        return f"{v:.1f} MiB"
+    return f"{v:g}"
+
+
+def _rows(b) -> list[tuple[str, list[tuple[str, str]]]]:
+    imgs = b.images
+    def desc(name):
+        i = imgs.get(name)
+        return f"{len(i.layers)} layers, {i.compressed_bytes / 1e6:.1f} MB gzip, {i.files:,} entries" if i else "?"
+
+    big = b.info.get("scale.big", 1000)
+    n = b.info.get("parallel.n", 50)
+    return [
+        (f"cold, debian image ({desc('debian')}), registry on 127.0.0.1", [
+            ("cold.rg", "rootless-groot create (fresh store)"),
+            ("cold.podman", "podman pull (fresh storage, rootless overlay)"),
+            ("cold.skopeo_umoci", "skopeo copy + umoci unpack --rootless"),
+            ("floor.inflate_zlib", "floor: inflate only, zlib"),
+            ("floor.inflate_isal", "floor: inflate only, isal"),
+            ("floor.tar_xzf", "floor: tar -xzf, layers in parallel"),
+            ("floor.isal_tar", "floor: igzip -dc | tar -x, layers in parallel"),
+            ("syncfs.on", "create, syncfs per layer (bench runner)"),
+            ("syncfs.off", "create, syncfs disabled (bench runner)"),
+            ("syncfs.calls", "syncfs calls per create"),
+            ("syncfs.call_s", "one syncfs call"),
+            ("memory.rg", "peak RSS, any rootless-groot process"),
+            ("memory.podman", "peak RSS, any podman process"),
+        ]),
+        ("warm, debian image cached", [
+            ("startup.python3", "/usr/bin/python3 -c pass"),
+            ("startup.venv_python", "venv python -c pass"),
+            ("startup.rg_version", "rootless-groot --version"),
+            ("warm.create_nomount", "create --without-mount (docker://)"),
+            ("warm.delete_nomount", "delete (not mounted)"),
+            ("warm.create_mount", "create, mounted (docker://)"),
+            ("warm.delete_mount", "delete (mounted)"),
+            ("warm.create_pull_missing", "create --without-mount --pull missing"),
+            ("warm.stats", "stats"),
+            ("warm.list", "list (1 image)"),
+            ("warm.podman_create", "podman create"),
+            ("warm.podman_rm", "podman rm"),
+        ]),
+        (f"parallelism: {n} warm creates (mounted)", [
+            ("parallel.serial", f"{n} one after the other"),
+            ("parallel.concurrent", f"{n} at once"),
+        ]),
+        (f"scale: 10 vs {big} images in the store", [
+            (f"scale.{c}.{op}", f"{op} with {c} images") for op in ("list", "stats", "clean", "create")
+            for c in (10, big)
+        ]),
+        (f"layers: same content ({desc('layers2').split(', ', 1)[1]}) in 2 vs 128 layers, cold", [
+            ("layers.2", "rootless-groot create, 2 layers"),
+            ("layers.128", "rootless-groot create, 128 layers"),
+            ("layers.podman2", "podman pull, 2 layers"),
+            ("layers.podman128", "podman pull, 128 layers"),
+        ]),
+        (f"many small files ({desc('smallfiles')}), cold", [
+            ("smallfiles.rg", "rootless-groot create"),
+            ("smallfiles.podman", "podman pull"),
+            ("smallfiles.tar_xzf", "floor: tar -xzf"),
+        ]),
+    ]
+
+
+def _median(b, key):
+    s: Sample | None = b.results.get(key)
+    return s.median if s else None
+
+
+def _targets(b) -> list[tuple[str, str, str | tuple, float]]:
+    """(label, numerator key, denominator key / keys (min of) / None for absolute, limit)."""
+    big = b.info.get("scale.big", 1000)
+    n = b.info.get("parallel.n", 50)
+    t = [
+        ("cold create / podman pull", "cold.rg", "cold.podman", 0.3),
+        ("cold create / floor (best of tar -xzf, igzip|tar)", "cold.rg", ("floor.tar_xzf", "floor.isal_tar"), 1.5),
+        ("warm create --without-mount / python3 -c pass", "warm.create_nomount", "startup.python3", 2),
+        ("delete (not mounted) / python3 -c pass", "warm.delete_nomount", "startup.python3", 2),
+        ("warm create mounted / python3 -c pass", "warm.create_mount", "startup.python3", 3),
+        ("delete (mounted) / python3 -c pass", "warm.delete_mount", "startup.python3", 3),
+        ("warm create --pull missing / python3 -c pass", "warm.create_pull_missing", "startup.python3", 2),
+        ("stats / python3 -c pass", "warm.stats", "startup.python3", 2),
+        ("list / python3 -c pass", "warm.list", "startup.python3", 2),
+        ("peak RSS of a cold create (MiB)", "memory.rg", None, 50),
+        (f"{n} concurrent / {n} serial warm creates", "parallel.concurrent", "parallel.serial", 0.6),
+    ]
+    for op in ("list", "stats", "clean", "create"):
+        t.append((f"{op}: {big} images / 10 images", f"scale.{big}.{op}", f"scale.10.{op}", 2))
+    t.append(("128-layer / 2-layer cold create", "layers.128", "layers.2", 3))
+    return t
+
+
+def render(b) -> str:
+    out = []
+    width = 50
+    for title, rows in _rows(b):
+        present = [(k, lbl) for k, lbl in rows if k in b.results]
+        if not present:
+            continue
+        out.append(f"\n## {title}")
+        out.append(f"{'':2}{'measurement':{width}} {'median':>11} {'n':>4}")
+        for key, label in present:
+            s = b.results[key]
+            if s.values:
+                line = f"{'':2}{label:{width}} {fmt(s.median, s.unit):>11} {len(s.values):>4}"
+                if s.error:
+                    line += f"  (then failed: {s.error})"
+            else:
+                line = f"{'':2}{label:{width}} {'missing':>11} {'':>4}  {s.error or ''}"
+            out.append(line)
+    out.append("\n## targets (issue 5), medians of this run")
+    out.append(f"{'':2}{'ratio':{width}} {'value':>8} {'target':>8}")
+    for label, num, den, limit in _targets(b):
+        nv = _median(b, num)
+        if den is None:
+            v = nv
+        else:
+            dens = [_median(b, d) for d in ((den,) if isinstance(den, str) else den)]
+            dens = [d for d in dens if d]
+            v = nv / min(dens) if nv is not None and dens else None
+        if v is None:
+            if num in b.results:
+                out.append(f"{'':2}{label:{width}} {'—':>8} {'≤ ' + format(limit, 'g'):>8}  ? (not measured)")
+            continue
+        mark = "✓" if v <= limit else "✗"
+        out.append(f"{'':2}{label:{width}} {v:>8.2f} {'≤ ' + format(limit, 'g'):>8}  {mark}")
+    on, off = _median(b, "syncfs.on"), _median(b, "syncfs.off")
+    if on and off:
+        out.append(f"{'':2}{'syncfs cost per cold create (info)':{width}} {(on - off) * 1000:>6.0f}ms "
+                   f"({(on / off - 1) * 100:+.0f}%)")
+    if b.notes:
+        out.append("\n## missing")
+        for k, why in sorted(set(b.notes.items())):
+            out.append(f"  {k}: {why}")
+    return "\n".join(out)

@@ -1,0 +1,508 @@
+"""The scenarios. Each one records Samples in ``Bench.results`` under a key (see report.py).
+
+Everything here runs as the unprivileged user. Within a scenario the tools are measured
+round-robin (rootless-groot, the peers, the floors, then again), so a slow minute of the
+machine hits them all alike.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import peers
+from .images import BuiltImage
+from .registry import Registry
+from .util import Sample, StepFailed, base_env, kill_pidfile, log, rm_tree, run, timed
+
+DEBIAN_PY = "/usr/bin/python3"
+
+# Runs the CLI with rootless_groot.syscalls.syncfs replaced: RG_BENCH_SYNCFS=off makes it a
+# no-op, =time appends each call's duration to RG_BENCH_SYNCFS_LOG. Forked workers inherit it.
+SYNCFS_RUNNER = r"""
+import os, sys, time
+import rootless_groot.syscalls as s
+_orig = s.syncfs
+def _timed(fd):
+    t = time.perf_counter(); _orig(fd)
+    with open(os.environ["RG_BENCH_SYNCFS_LOG"], "a") as f:
+        f.write(f"{time.perf_counter() - t}\n")
+s.syncfs = (lambda fd: None) if os.environ["RG_BENCH_SYNCFS"] == "off" else _timed
+from rootless_groot.cli import main
+sys.argv[0] = "rootless-groot"
+sys.exit(main(sys.argv[1:]))
+"""
+
+# Runs argv; prints the RSS high-water mark (KiB) of every process in its tree: polls VmHWM
+# of all descendants (as a child subreaper, the detached ones too) and adds
+# RUSAGE_CHILDREN.ru_maxrss for the short-lived ones that were waited for.
+PEAK_RSS_WRAPPER = r"""
+import ctypes, json, os, resource, sys, time
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+me = os.getpid()
+peak = {}
+def scan():
+    parents = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    st = f.read()
+                parents[int(d)] = (int(st[st.rfind(")") + 2:].split()[1]), st[st.find("(") + 1:st.rfind(")")])
+            except (OSError, ValueError):
+                pass
+    for p, (pp, name) in parents.items():
+        q = pp
+        while q in parents and q not in (me, 0, 1):
+            q = parents[q][0]
+        if q != me:
+            continue
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        kib = int(line.split()[1])
+                        if kib > peak.get(p, (0, ""))[0]:
+                            peak[p] = (kib, name)
+        except OSError:
+            pass
+status = None
+while status is None:
+    scan()
+    r, st = os.waitpid(pid, os.WNOHANG)
+    if r:
+        status = st
+    else:
+        time.sleep(0.01)
+scan()
+while True:
+    try:
+        if os.waitpid(-1, os.WNOHANG)[0] == 0:
+            break
+    except ChildProcessError:
+        break
+ru = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+top = sorted(peak.values(), reverse=True)[:5]
+print(json.dumps({"exit": os.waitstatus_to_exitcode(status), "polled_kib": top[0][0] if top else 0,
+                  "rusage_children_kib": ru, "top": top}))
+"""
+
+
+@dataclass
+class Reps:
+    cold: int = 5
+    warm: int = 15
+    parallel_n: int = 50
+    parallel_reps: int = 2
+    scale_big: int = 1000
+    scale_reps: int = 7
+    layers: int = 5
+    smallfiles: int = 3
+    syncfs: int = 4
+
+    @classmethod
+    def quick(cls) -> "Reps":
+        return cls(cold=1, warm=5, parallel_n=10, parallel_reps=1, scale_big=100, scale_reps=3, layers=1,
+                   smallfiles=1, syncfs=1)
+
+
+@dataclass
+class Bench:
+    work: Path
+    cli: str  # the rootless-groot entry point of the venv under test
+    images: dict[str, BuiltImage]
+    reps: Reps
+    registry: Registry | None = None
+    results: dict[str, Sample] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)  # key -> why it is missing
+    info: dict[str, object] = field(default_factory=dict)
+    podman_problem: str | None = None
+    _n: int = 0
+
+    @property
+    def home(self) -> Path:
+        return self.work / "home"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return base_env(self.home)
+
+    def fresh(self, what: str) -> Path:
+        self._n += 1
+        return self.work / f"{what}-{self._n}"
+
+    def ref(self, name: str) -> str:
+        return f"docker://{self.registry.ref(name)}"
+
+    def sample(self, key: str, unit: str = "s") -> Sample:
+        return self.results.setdefault(key, Sample(unit=unit))
+
+    def missing(self, key: str, why: str) -> None:
+        self.notes[key] = why
+        self.sample(key).error = self.sample(key).error or why
+
+
+class RG:
+    """The rootless-groot CLI on one store."""
+
+    def __init__(self, b: Bench, store: Path, argv0: list[str] | None = None, env: dict | None = None):
+        self.b, self.store = b, store
+        self.argv0 = argv0 or [b.cli]
+        self.env = env or b.env
+
+    def argv(self, *args: str) -> list[str]:
+        return [*self.argv0, "--store", str(self.store), *args]
+
+    def create_argv(self, image: str, image_id: str, *flags: str) -> list[str]:
+        return self.argv("create", "--insecure-registry", self.b.registry.host, *flags, self.b.ref(image), image_id)
+
+    def create(self, image: str, image_id: str, *flags: str, timeout=900) -> float:
+        return timed(self.create_argv(image, image_id, *flags), env=self.env, timeout=timeout)
+
+    def time(self, *args: str, timeout=300) -> float:
+        return timed(self.argv(*args), env=self.env, timeout=timeout)
+
+    def destroy(self) -> None:
+        if self.store.exists():
+            run([self.b.cli, "--store", str(self.store), "delete-store"], env=self.b.env, timeout=600, check=False)
+            kill_pidfile(self.store / "run" / "keeper.pid")
+            rm_tree(self.store)
+
+
+def round_robin(b: Bench, reps: int, entries: dict[str, tuple]) -> None:
+    """entries: key -> (fn, cleanup or None). Runs fn() reps times per key, interleaved;
+    a key whose fn failed is not run again."""
+    for i in range(reps):
+        for key, (fn, cleanup) in entries.items():
+            s = b.sample(key)
+            if s.error:
+                continue
+            try:
+                s.values.append(fn())
+            except Exception as e:  # noqa: BLE001 - reported in the table
+                s.error = str(e)[:300] or type(e).__name__
+                log(f"    {key}: {s.error}")
+            finally:
+                if cleanup:
+                    try:
+                        cleanup()
+                    except Exception as e:  # noqa: BLE001
+                        log(f"    {key} cleanup: {e}")
+
+
+def _cold_rg(b: Bench, image: str, flags=(), argv0=None, env=None):
+    holder = {}
+
+    def fn():
+        rg = RG(b, b.fresh("store-cold"), argv0, env)
+        holder["rg"] = rg
+        return rg.create(image, "cold", *flags)
+
+    def cleanup():
+        if "rg" in holder:
+            holder.pop("rg").destroy()
+
+    return fn, cleanup
+
+
+def _podman_pull(b: Bench, image: str):
+    holder = {}
+
+    def fn():
+        pm = peers.Podman(b.fresh("podman-cold"), b.home).prepare()
+        holder["pm"] = pm
+        return pm.pull(b.registry.ref(image))
+
+    def cleanup():
+        if "pm" in holder:
+            holder.pop("pm").reset()
+
+    return fn, cleanup
+
+
+# --------------------------------------------------------------------------- scenarios
+
+def startup(b: Bench) -> None:
+    """Interpreter start-up floors."""
+    venv_py = str(Path(b.cli).parent / "python")
+    round_robin(b, b.reps.warm, {
+        "startup.python3": (lambda: timed([DEBIAN_PY, "-c", "pass"], env=b.env), None),
+        "startup.venv_python": (lambda: timed([venv_py, "-c", "pass"], env=b.env), None),
+        "startup.rg_version": (lambda: timed([b.cli, "--version"], env=b.env), None),
+    })
+
+
+def cold(b: Bench) -> None:
+    """Cold create of the Debian image vs podman pull vs skopeo+umoci vs the floors."""
+    img = b.images["debian"]
+    blobs = img.blob_paths
+    entries = {"cold.rg": _cold_rg(b, "debian")}
+    if b.podman_problem:
+        b.missing("cold.podman", b.podman_problem)
+    else:
+        entries["cold.podman"] = _podman_pull(b, "debian")
+    miss = peers.missing_tools("skopeo", "umoci")
+    if miss:
+        b.missing("cold.skopeo_umoci", f"not installed: {', '.join(miss)}")
+    else:
+        entries["cold.skopeo_umoci"] = (
+            lambda: peers.skopeo_umoci(b.registry.ref("debian"), b.fresh("skopeo"), b.env), None)
+    entries["floor.inflate_zlib"] = (lambda: peers.inflate_only(blobs, "zlib"), None)
+    entries["floor.tar_xzf"] = (lambda: peers.tar_extract_parallel(blobs, b.fresh("floor"), b.env, "gzip"), None)
+    if peers.isal_available():
+        entries["floor.inflate_isal"] = (lambda: peers.inflate_only(blobs, "isal"), None)
+        entries["floor.isal_tar"] = (lambda: peers.tar_extract_parallel(blobs, b.fresh("floor"), b.env, "isal"),
+                                     None)
+    else:
+        b.missing("floor.inflate_isal", "python-isal not installed in the bench venv")
+        b.missing("floor.isal_tar", "python-isal not installed in the bench venv")
+    round_robin(b, b.reps.cold, entries)
+
+
+def syncfs(b: Bench) -> None:
+    """Cold create with syncfs per layer (timed) vs without (a bench-only runner patches it)."""
+    venv_py = str(Path(b.cli).parent / "python")
+    logf = b.work / "syncfs.log"
+    runner = [venv_py, "-c", SYNCFS_RUNNER]
+    env_on = dict(b.env, RG_BENCH_SYNCFS="time", RG_BENCH_SYNCFS_LOG=str(logf))
+    env_off = dict(b.env, RG_BENCH_SYNCFS="off", RG_BENCH_SYNCFS_LOG=str(logf))
+    on_fn, on_clean = _cold_rg(b, "debian", argv0=runner, env=env_on)
+    calls = b.sample("syncfs.calls", unit="n")
+    per_call = b.sample("syncfs.call_s")
+
+    def on():
+        logf.unlink(missing_ok=True)
+        t = on_fn()
+        ds = [float(x) for x in logf.read_text().split()] if logf.exists() else []
+        calls.values.append(len(ds))
+        per_call.values.extend(ds)
+        if not ds:
+            raise StepFailed("the runner's syncfs patch was never called (the core no longer calls "
+                             "rootless_groot.syscalls.syncfs?)")
+        return t
+
+    round_robin(b, b.reps.syncfs, {"syncfs.on": (on, on_clean),
+                                   "syncfs.off": _cold_rg(b, "debian", argv0=runner, env=env_off)})
+
+
+def peak_rss(argv: list[str], env: dict, timeout=900) -> tuple[float, dict]:
+    p = run([DEBIAN_PY, "-c", PEAK_RSS_WRAPPER, *argv], env=env, timeout=timeout)
+    doc = json.loads(p.stdout.decode().strip().splitlines()[-1])
+    if doc["exit"] != 0:
+        raise StepFailed(f"{argv[0]} exited {doc['exit']} under the memory wrapper")
+    return max(doc["polled_kib"], doc["rusage_children_kib"]) / 1024, doc
+
+
+def memory(b: Bench) -> None:
+    """Peak RSS of any process of a cold create (and of a podman pull, for comparison)."""
+    reps = max(1, min(3, b.reps.cold))
+
+    def rg():
+        rg = RG(b, b.fresh("store-mem"))
+        try:
+            mib, doc = peak_rss(rg.create_argv("debian", "mem"), b.env)
+            b.info["memory.rg.top"] = doc["top"]
+            return mib
+        finally:
+            rg.destroy()
+
+    entries = {"memory.rg": (rg, None)}
+    b.sample("memory.rg", "MiB")
+    if b.podman_problem:
+        b.missing("memory.podman", b.podman_problem)
+    else:
+        b.sample("memory.podman", "MiB")
+
+        def pm():
+            p = peers.Podman(b.fresh("podman-mem"), b.home).prepare()
+            try:
+                mib, doc = peak_rss(p.argv("pull", "--quiet", "--tls-verify=false", b.registry.ref("debian")), p.env)
+                b.info["memory.podman.top"] = doc["top"]
+                return mib
+            finally:
+                p.reset()
+
+        entries["memory.podman"] = (pm, None)
+    round_robin(b, reps, entries)
+
+
+def _warm_store(b: Bench, name: str) -> RG:
+    rg = RG(b, b.fresh(name))
+    rg.create("debian", "seed", "--without-mount")
+    run(rg.argv("delete", "seed"), env=b.env)
+    return rg
+
+
+def warm(b: Bench) -> None:
+    """Warm create/delete/stats/list vs python3 -c pass and podman create/rm."""
+    rg = _warm_store(b, "store-warm")
+    venv_py = str(Path(b.cli).parent / "python")
+    try:
+        rg.create("debian", "keep", "--without-mount")
+        n = iter(range(10**6))
+
+        def create_delete(prefix: str, *flags: str):
+            def fn():
+                image_id = f"{prefix}{next(n)}"
+                t = rg.create("debian", image_id, *flags)
+                b.sample(f"warm.delete_{prefix}").values.append(rg.time("delete", image_id))
+                return t
+            return fn
+
+        entries = {
+            "startup.python3": (lambda: timed([DEBIAN_PY, "-c", "pass"], env=b.env), None),
+            "startup.venv_python": (lambda: timed([venv_py, "-c", "pass"], env=b.env), None),
+            "warm.create_nomount": (create_delete("nomount", "--without-mount"), None),
+            "warm.create_mount": (create_delete("mount"), None),
+            "warm.create_pull_missing": (create_delete("missing", "--without-mount", "--pull", "missing"), None),
+            "warm.stats": (lambda: rg.time("stats", "keep"), None),
+            "warm.list": (lambda: rg.time("list"), None),
+        }
+        pm = None
+        if b.podman_problem:
+            b.missing("warm.podman_create", b.podman_problem)
+        else:
+            pm = peers.Podman(b.fresh("podman-warm"), b.home).prepare()
+            ref = b.registry.ref("debian")
+            pm.pull(ref)
+            pm.run("create", "--pull", "never", "--name", "seed", ref, "true")  # first create sets up state
+            pm.run("rm", "seed")
+
+            def pcreate():
+                name = f"c{next(n)}"
+                t = pm.time("create", "--pull", "never", "--name", name, ref, "true")
+                b.sample("warm.podman_rm").values.append(pm.time("rm", name))
+                return t
+
+            entries["warm.podman_create"] = (pcreate, None)
+        try:
+            round_robin(b, b.reps.warm, entries)
+        finally:
+            if pm:
+                pm.reset()
+    finally:
+        rg.destroy()
+
+
+def parallel(b: Bench) -> None:
+    """N warm creates one after the other vs all at once (mounted, the default mode)."""
+    n = b.reps.parallel_n
+    rg = _warm_store(b, "store-par")
+    b.info["parallel.n"] = n
+
+    def delete_all(prefix: str):
+        with ThreadPoolExecutor(4) as ex:
+            list(ex.map(lambda i: run(rg.argv("delete", f"{prefix}{i}"), env=b.env, timeout=300), range(n)))
+
+    def serial():
+        t = time.perf_counter()
+        for i in range(n):
+            run(rg.create_argv("debian", f"s{i}"), env=b.env, timeout=300)
+        return time.perf_counter() - t
+
+    def concurrent():
+        t = time.perf_counter()
+        procs = [subprocess.Popen(rg.create_argv("debian", f"p{i}"), env=b.env, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(n)]
+        errors = []
+        for p in procs:
+            try:
+                _, err = p.communicate(timeout=600)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                err = b"timeout"
+            if p.returncode:
+                errors.append(err.decode(errors="replace").strip()[-200:])
+        dt = time.perf_counter() - t
+        if errors:
+            raise StepFailed(f"{len(errors)}/{n} concurrent creates failed: {errors[0]}")
+        return dt
+
+    try:
+        round_robin(b, b.reps.parallel_reps, {
+            "parallel.serial": (serial, lambda: delete_all("s")),
+            "parallel.concurrent": (concurrent, lambda: delete_all("p")),
+        })
+    finally:
+        rg.destroy()
+
+
+def scale(b: Bench) -> None:
+    """list / stats / clean / create(+delete) with 10 vs N images in the store."""
+    rg = _warm_store(b, "store-scale")
+    have = 0
+
+    def fill(upto: int):
+        nonlocal have
+        ids = range(have, upto)
+        with ThreadPoolExecutor(3) as ex:
+            list(ex.map(lambda i: run(rg.create_argv("debian", f"fill{i}", "--without-mount"), env=b.env,
+                                      timeout=300), ids))
+        have = upto
+
+    try:
+        for count in (10, b.reps.scale_big):
+            log(f"    filling the store to {count} images")
+            t0 = time.perf_counter()
+            fill(count)
+            log(f"    ({time.perf_counter() - t0:.1f} s)")
+            k = iter(range(10**6))
+
+            def create():
+                image_id = f"x{next(k)}"
+                t = rg.create("debian", image_id)
+                run(rg.argv("delete", image_id), env=b.env)
+                return t
+
+            round_robin(b, b.reps.scale_reps, {
+                f"scale.{count}.list": (lambda: rg.time("list"), None),
+                f"scale.{count}.stats": (lambda: rg.time("stats", "fill0"), None),
+                f"scale.{count}.clean": (lambda: rg.time("clean"), None),
+                f"scale.{count}.create": (create, None),
+            })
+        b.info["scale.big"] = b.reps.scale_big
+    finally:
+        rg.destroy()
+
+
+def layers(b: Bench) -> None:
+    """Cold create of a 128-layer image vs a 2-layer image of the same content."""
+    entries = {"layers.2": _cold_rg(b, "layers2"), "layers.128": _cold_rg(b, "layers128")}
+    if not b.podman_problem:
+        entries["layers.podman2"] = _podman_pull(b, "layers2")
+        entries["layers.podman128"] = _podman_pull(b, "layers128")
+    round_robin(b, b.reps.layers, entries)
+
+
+def smallfiles(b: Bench) -> None:
+    """Cold create of one layer of 100,000 small files vs podman pull vs tar -xzf."""
+    img = b.images["smallfiles"]
+    entries = {"smallfiles.rg": _cold_rg(b, "smallfiles")}
+    if b.podman_problem:
+        b.missing("smallfiles.podman", b.podman_problem)
+    else:
+        entries["smallfiles.podman"] = _podman_pull(b, "smallfiles")
+    entries["smallfiles.tar_xzf"] = (
+        lambda: peers.tar_extract_parallel(img.blob_paths, b.fresh("floor"), b.env, "gzip"), None)
+    round_robin(b, b.reps.smallfiles, entries)
+
+
+SCENARIOS = {
+    "startup": startup,
+    "cold": cold,
+    "memory": memory,
+    "syncfs": syncfs,
+    "warm": warm,
+    "parallel": parallel,
+    "scale": scale,
+    "layers": layers,
+    "smallfiles": smallfiles,
+}
