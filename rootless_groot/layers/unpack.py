@@ -49,21 +49,71 @@ class UnpackResult:
     skipped: int  # device nodes (unless allowed) and unknown entry types
 
 
-class _HashingReader:
+class _TarSource:
+    """The uncompressed tar stream as tarfile's seekable mode reads it: read, tell, forward seek.
+
+    Everything is read from below in CHUNK-sized pieces and hashed on the way (the diffID).
+    tarfile's stream mode (``r|``) would instead copy its whole buffer for every 512-byte
+    header, which made a 40,000-file layer spend 20 s in that copy; its seekable mode only
+    ever seeks forward here, since each entry's data is consumed before the next header.
+    """
+
     def __init__(self, raw: BinaryIO):
         self._raw = raw
         self.hash = hashlib.sha256()
-        self.count = 0
+        self.count = 0  # bytes read from below (hashed)
+        self._buf = b""
+        self._off = 0
+        self._pos = 0  # bytes handed out or skipped
 
-    def read(self, n: int = -1) -> bytes:
-        data = self._raw.read(n if n is not None and n >= 0 else CHUNK)
+    def _pull(self, n: int) -> bytes:
+        data = self._raw.read(n)
         self.hash.update(data)
         self.count += len(data)
         return data
 
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            parts = [self.read(CHUNK)]
+            while parts[-1]:
+                parts.append(self.read(CHUNK))
+            return b"".join(parts)
+        avail = len(self._buf) - self._off
+        if avail == 0 and n >= CHUNK:  # file data: straight through, no copy
+            data = self._pull(n)
+            self._pos += len(data)
+            return data
+        while avail < n:
+            data = self._pull(CHUNK)
+            if not data:
+                break
+            self._buf = self._buf[self._off:] + data
+            self._off = 0
+            avail = len(self._buf)
+        out = self._buf[self._off:self._off + n]
+        self._off += len(out)
+        self._pos += len(out)
+        return out
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if whence != 0 or pos < self._pos:
+            raise OSError(f"cannot seek back in a layer stream (to {pos} from {self._pos})")
+        while self._pos < pos and self.read(min(pos - self._pos, CHUNK)):
+            pass
+        return self._pos
+
+    def drain(self) -> None:
+        """Read to the end: the diffID covers the padding after the end-of-archive marker too."""
+        self._buf, self._off = b"", 0
+        while self._pull(CHUNK):
+            pass
+
 
 class _StrictTarInfo(tarfile.TarInfo):
-    """Remember a bad header: tarfile's stream mode treats one as a quiet end of archive."""
+    """Remember a bad header: tarfile treats one as a quiet end of archive."""
 
     @classmethod
     def fromtarfile(cls, tar):
@@ -469,11 +519,11 @@ def unpack_layer(tar_stream: BinaryIO, dest: str, *, chown: bool = True, allow_d
     ``id_translate(uid, gid)`` maps tar ids to the ids to chown to; raising
     LookupError/ValueError from it squashes the entry to dest's owner.
     """
-    hashing = _HashingReader(tar_stream)
+    hashing = _TarSource(tar_stream)
     unpacker = _Unpacker(dest, chown, allow_devices, id_translate, what)
     try:
         try:
-            tar = tarfile.open(fileobj=hashing, mode="r|", bufsize=CHUNK, tarinfo=_StrictTarInfo,
+            tar = tarfile.open(fileobj=hashing, mode="r:", tarinfo=_StrictTarInfo,
                                encoding="utf-8", errors="surrogateescape")
         except tarfile.ReadError as exc:
             if hashing.count:
@@ -499,8 +549,7 @@ def unpack_layer(tar_stream: BinaryIO, dest: str, *, chown: bool = True, allow_d
                 raise LayerError(f"{what}: corrupt tar header after entry {unpacker.name!r}: {bad}")
         except tarfile.TarError as exc:
             raise LayerError(f"{what}: corrupt tar stream near entry {unpacker.name!r}: {exc}") from None
-        while hashing.read(CHUNK):  # the diffID covers the padding after the end marker too
-            pass
+        hashing.drain()
         unpacker.finish_dirs()
     finally:
         unpacker.close()
