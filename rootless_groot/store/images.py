@@ -124,6 +124,11 @@ def create_image(ctx: StoreContext, image_id: str, layers: list[str], env: list[
     try:
         for sub in ("diff", "work", "rootfs"):
             os.mkdir(os.path.join(work, sub), 0o755)
+        owner = (ctx.meta.owner_uid, ctx.meta.owner_gid)
+        if not ctx.meta.rootless and owner != (os.geteuid(), os.getegid()):
+            # As root with mappings, the container's root owns its image (GrootFS does the same).
+            for path in (work, *(os.path.join(work, sub) for sub in ("diff", "work", "rootfs"))):
+                os.chown(path, *owner)
         with open(os.path.join(work, IMAGE_META), "w") as f:
             f.write(dumps(info.to_json()))
         try:
