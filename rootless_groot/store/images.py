@@ -155,7 +155,10 @@ def create_image(ctx: StoreContext, image_id: str, layers: list[str], env: list[
 
 def _remove_image_dir(ctx: StoreContext, image_id: str) -> None:
     image_dir = ctx.store.image_dir(image_id)
-    unmount(os.path.join(image_dir, "rootfs"))
+    rootfs = os.path.join(image_dir, "rootfs")
+    unmount(rootfs)
+    if is_mountpoint(rootfs):  # never remove through a mount (the lower layers are shared)
+        raise GrootError(f"cannot delete image `{image_id}`: {rootfs} is still mounted")
     doomed = make_temp_dir(ctx.store.tmp, f"deleted-{image_id[:32]}-")
     os.rename(image_dir, os.path.join(doomed, "image"))
     remove_tree(doomed)

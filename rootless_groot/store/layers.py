@@ -133,9 +133,9 @@ def remove_tree(path: str) -> None:
     """Remove a directory tree we own (inside the namespace, subordinate-owned files included).
 
     The usual image or layer goes in-process (no fork); a tree this walk cannot handle —
-    nested deeper than the recursion limit or PATH_MAX by a hostile layer, another
-    filesystem mounted inside, unreadable directories — goes to GNU ``rm -rf
-    --one-file-system``, whose fd-based walk has no depth limit.
+    nested deeper than the recursion limit by a hostile layer, unreadable directories —
+    goes to GNU ``rm -rf``, whose fd-based walk has no depth limit. Callers unmount first
+    (a btrfs image holds a subvolume, which is removed like a directory).
     """
     if not os.path.lexists(path):
         return
@@ -144,10 +144,10 @@ def remove_tree(path: str) -> None:
         return
     except (OSError, RecursionError):
         pass
-    if _spawn("rm", "-rf", "--one-file-system", "--", path) != 0 and os.path.lexists(path):
+    if _spawn("rm", "-rf", "--", path) != 0 and os.path.lexists(path):
         # Without CAP_DAC_OVERRIDE (not root, not in the namespace) read-only dirs block rm.
         _spawn("chmod", "-R", "u+rwX", "--", path)
-        _spawn("rm", "-rf", "--one-file-system", "--", path)
+        _spawn("rm", "-rf", "--", path)
     if os.path.lexists(path):
         raise GrootError(f"cannot remove {path}")
 
@@ -156,10 +156,7 @@ def _remove_in_process(path: str) -> None:
     if not os.path.isdir(path) or os.path.islink(path):
         os.unlink(path)
         return
-    device = os.lstat(path).st_dev
     for _, dirs, files, dir_fd in os.fwalk(path, topdown=False):
-        if os.fstat(dir_fd).st_dev != device:
-            raise OSError(f"{path} has another filesystem mounted inside")
         for name in files:
             os.unlink(name, dir_fd=dir_fd)
         for name in dirs:  # fwalk lists symlinks to directories here too
