@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 HELPER_DIR = "/usr/local/libexec/rootless-groot"
 HELPER = f"{HELPER_DIR}/rootless-groot-quota"

@@ -62,9 +62,7 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Callable, Sequence

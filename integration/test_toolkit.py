@@ -16,8 +16,6 @@ import pytest
 import oci_builder as ob
 from runc import run_container, run_container_from_mount
 
-needs_runc = pytest.mark.skipif(not shutil.which("runc", path="/usr/sbin:/usr/bin:/sbin:/bin"),
-                                reason="runc not installed")
 
 
 # --------------------------------------------------------------------------- oci_builder
@@ -127,7 +125,6 @@ def test_keeper_namespace(userns_keeper, test_user):
     assert userns_keeper.run(["id", "-u"], check=True).stdout.strip() == "0"
 
 
-@needs_runc
 def test_runc_in_store_namespace(user_tmp, userns_keeper, test_user):
     """Mode (a): the overlay is mounted in the keeper namespace; runc runs there."""
     if not test_user.subuid:
@@ -163,7 +160,6 @@ def test_runc_in_store_namespace(user_tmp, userns_keeper, test_user):
     assert not any(p.name.startswith("bundle-") for p in user_tmp.iterdir())
 
 
-@needs_runc
 def test_runc_without_mount(user_tmp, userns_keeper, test_user):
     """Mode (b): the consumer gets the overlay mount spec and mounts it itself."""
     if not test_user.subuid:

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from privileged_helper.ops import IMAGE_ENTRIES, _check_fresh, _open_image
-from privileged_helper.paths import as_caller, fs_magic, open_child_dir, open_registered
+from privileged_helper.paths import as_caller, fs_magic, open_registered
 from privileged_helper.protocol import HelperError
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need root to set up")
