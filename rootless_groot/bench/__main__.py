@@ -113,7 +113,7 @@ def user_phase(args) -> int:
     if not os.access(cli, os.X_OK):
         raise SystemExit(f"no rootless-groot entry point at {cli} (make test-venv, or --cli PATH)")
     imgs = {n: i for n in images_mod.BUILDERS if (i := images_mod.load(n)) is not None}
-    b = Bench(work=work, cli=cli, images=imgs, reps=Reps.quick() if args.quick else Reps())
+    b = Bench(work=work, cli=cli, images=imgs, reps=Reps.quick_run() if args.quick else Reps())
     started = time.monotonic()
     reg = Registry(work / "registry")
     try:
@@ -159,7 +159,7 @@ def _header(b: Bench, seconds: float) -> str:
         except Exception:  # noqa: BLE001
             return "missing"
     uname = os.uname()
-    return (f"# rootless-groot bench ({'quick' if b.reps.cold == 1 else 'full'} run, {seconds / 60:.1f} min)\n"
+    return (f"# rootless-groot bench ({'quick' if b.reps.quick else 'full'} run, {seconds / 60:.1f} min)\n"
             f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, kernel {uname.release}, "
             f"user {pwd.getpwuid(os.getuid()).pw_name}, run dir {b.work} ({_fstype(b.work)})\n"
             f"peers: {version(['podman', '--version'])}; {version(['skopeo', '--version'])}; "

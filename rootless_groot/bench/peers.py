@@ -89,6 +89,7 @@ def podman_check(work: Path, home: Path) -> str | None:
 def skopeo_umoci(ref: str, work: Path, env: dict) -> float:
     """``skopeo copy docker://REF oci:DIR`` + ``umoci unpack --rootless``: wall time of both."""
     layout, bundle = work / "layout", work / "bundle"
+    work.mkdir(parents=True, exist_ok=True)
     try:
         t = timed(["skopeo", "--insecure-policy", "copy", "--quiet", "--src-tls-verify=false",
                    f"docker://{ref}", f"oci:{layout}:latest"], env=env, timeout=900)
@@ -96,8 +97,7 @@ def skopeo_umoci(ref: str, work: Path, env: dict) -> float:
                    env=env, timeout=900)
         return t
     finally:
-        rm_tree(layout)
-        rm_tree(bundle)
+        rm_tree(work)
 
 
 # --------------------------------------------------------------------------- floors

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import socket
@@ -39,7 +40,7 @@ class Registry:
         self.workdir.mkdir(parents=True, exist_ok=True)
         cfg = {
             "version": 0.1,
-            "log": {"level": "error", "accesslog": {"disabled": True}},
+            "log": {"level": "error", "accesslog": {"disabled": False}},
             "storage": {"filesystem": {"rootdirectory": str(self.workdir / "data")}},
             "http": {"addr": self.host, "secret": uuid.uuid4().hex},
         }
@@ -64,6 +65,17 @@ class Registry:
     def push(self, layout: Path, name: str, env: dict) -> None:
         run(["skopeo", "--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false",
              f"oci:{layout}:latest", f"docker://{self.ref(name)}"], env=env, timeout=600)
+
+    def log_offset(self) -> int:
+        return (self.workdir / "registry.log").stat().st_size
+
+    def requests_since(self, offset: int) -> list[str]:
+        """``METHOD /path`` of each request logged after ``offset`` (the access log)."""
+        time.sleep(0.3)  # the access log is written after the response
+        with open(self.workdir / "registry.log", "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+        return [m.group(1) for m in re.finditer(r'"((?:GET|HEAD|POST|PUT|PATCH|DELETE) /v2/\S*) HTTP/', text)]
 
     def stop(self) -> None:
         if self.proc is None:
