@@ -207,6 +207,10 @@ class _Unpacker:
         self.root_fd = os.open(dest, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         st = os.fstat(self.root_fd)
         self.owner = (st.st_uid, st.st_gid)
+        # What a new entry gets without a chown (directories stay 0700, without setgid, until
+        # the end), and exact modes at creation: no chown or chmod call for most files.
+        self.creator = (os.geteuid(), os.getegid())
+        self.old_umask = os.umask(0)
         self.cache: OrderedDict[str, int] = OrderedDict()
         self.pinned: set[int] = set()  # fds handed out for the entry being processed
         self.dead_fds: list[int] = []  # dropped from the cache while pinned: closed after the entry
@@ -256,12 +260,7 @@ class _Unpacker:
                 have -= 1
         for depth in range(have, len(parts)):
             try:
-                os.mkdir(parts[depth], 0o755, dir_fd=parent)
-                tmp = os.open(parts[depth], _DIR_RDONLY, dir_fd=parent)
-                try:
-                    os.fchmod(tmp, 0o755)  # not narrowed by the umask
-                finally:
-                    os.close(tmp)
+                os.mkdir(parts[depth], 0o755, dir_fd=parent)  # the umask is 0 while unpacking
             except FileExistsError:
                 pass  # e.g. a dangling symlink: the open below reports it
             prefix = "/".join(parts[: depth + 1])
@@ -337,11 +336,18 @@ class _Unpacker:
             gid, squashed = self.owner[1], True
         return uid, gid, squashed
 
-    def set_owner(self, member: tarfile.TarInfo, do: Callable[[int, int], None]) -> None:
-        """Chown via ``do(uid, gid)``; ids the namespace cannot map go to dest's owner."""
+    def set_owner(self, member: tarfile.TarInfo, do: Callable[[int, int], None]) -> bool:
+        """Chown via ``do(uid, gid)``; ids the namespace cannot map go to dest's owner.
+
+        Returns whether ``do`` was called (a chown clears setuid/setgid bits).
+        """
         if not self.chown:
-            return
+            return False
         uid, gid, squashed = self._ids(member)
+        if (uid, gid) == self.creator:  # a new entry already has these owners
+            if squashed:
+                self.squashed += 1
+            return False
         if not _chown_accepted(do, uid, gid):
             # EINVAL: an id the namespace does not map. Find which, remember it, squash it.
             if not _chown_accepted(do, uid, -1):
@@ -354,6 +360,7 @@ class _Unpacker:
             squashed = True
         if squashed:
             self.squashed += 1
+        return True
 
     def set_xattrs(self, fd: int, member: tarfile.TarInfo) -> None:
         for name, value, optional in _xattrs(member):
@@ -425,8 +432,12 @@ class _Unpacker:
 
     def regular(self, tar: tarfile.TarFile, rel: str, member: tarfile.TarInfo) -> None:
         pfd, leaf = self.parent(rel)
-        self.prepare_leaf(pfd, leaf, rel)
-        fd = os.open(leaf, _FILE_CREATE, 0o600, dir_fd=pfd)
+        mode = member.mode & 0o7777
+        try:  # usually new: no stat first
+            fd = os.open(leaf, _FILE_CREATE, mode & 0o777, dir_fd=pfd)
+        except FileExistsError:
+            self.prepare_leaf(pfd, leaf, rel)
+            fd = os.open(leaf, _FILE_CREATE, mode & 0o777, dir_fd=pfd)
         try:
             src = tar.extractfile(member)
             sparse = member.sparse is not None
@@ -441,8 +452,9 @@ class _Unpacker:
                     view = view[os.write(fd, view):]
             if holes:
                 os.ftruncate(fd, member.size)
-            self.set_owner(member, lambda u, g: os.fchown(fd, u, g))  # before chmod: chown clears setuid
-            os.fchmod(fd, member.mode & 0o7777)
+            chowned = self.set_owner(member, lambda u, g: os.fchown(fd, u, g))
+            if chowned or mode & 0o7000:  # after the chown, which clears setuid/setgid
+                os.fchmod(fd, mode)
             self.set_xattrs(fd, member)  # after chown, which drops security.capability
             os.utime(fd, ns=_times_ns(member))
         finally:
@@ -502,6 +514,7 @@ class _Unpacker:
                 os.close(fd)
 
     def close(self) -> None:
+        os.umask(self.old_umask)
         self.end_entry()
         for fd in self.cache.values():
             os.close(fd)
