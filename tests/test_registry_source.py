@@ -13,7 +13,7 @@ from registry_stub import OCI_INDEX, OCI_MANIFEST, Stub, digest, dumps, make_ima
 from rootless_groot.errors import ImageError, LayerError, NotFound
 from rootless_groot.refs import parse_ref
 from rootless_groot.sources import open_source, registry_http
-from rootless_groot.sources.registry import cache_key, cache_path, load_cached
+from rootless_groot.sources.registry_cache import cache_key, cache_path, load_cached
 from rootless_groot.sources.registry_auth import AuthError
 
 AMD64 = {"os": "linux", "architecture": "amd64", "variant": ""}

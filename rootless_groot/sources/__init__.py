@@ -18,12 +18,60 @@ def open_source(ref: DockerRef | OCILayoutRef | TarballRef, platform: dict[str, 
 
         return TarballSource(ref)
     if isinstance(ref, DockerRef):
-        from .registry import RegistryOptions, RegistrySource
-
-        options = {k: v for k, v in registry_options.items() if v is not None}
-        if "insecure_registries" in options:
-            options["insecure_registries"] = tuple(options["insecure_registries"])
-        if "mirrors" in options:
-            options["mirrors"] = tuple(options["mirrors"])
-        return RegistrySource(ref, platform, RegistryOptions(**options))
+        store_root = registry_options.get("store_root")
+        if store_root and (registry_options.get("pull_policy") in ("missing", "never") or ref.digest):
+            warm = _cached_registry_image(ref, platform, store_root)
+            if warm is not None:
+                return _WarmRegistrySource(warm, lambda: _registry_source(ref, platform, registry_options))
+        return _registry_source(ref, platform, registry_options)
     raise TypeError(ref)
+
+
+def _registry_source(ref: DockerRef, platform: dict[str, str] | None, registry_options: dict) -> ImageSource:
+    from .registry import RegistryOptions, RegistrySource
+
+    options = {k: v for k, v in registry_options.items() if v is not None}
+    if "insecure_registries" in options:
+        options["insecure_registries"] = tuple(options["insecure_registries"])
+    if "mirrors" in options:
+        options["mirrors"] = tuple(options["mirrors"])
+    return RegistrySource(ref, platform, RegistryOptions(**options))
+
+
+def _cached_registry_image(ref: DockerRef, platform: dict[str, str] | None, store_root: str):
+    """The store's last resolution of ``ref`` if all its layers are still there, else None."""
+    from .base import runtime_platform
+    from .registry_cache import cache_key, layers_present, load_cached
+
+    cached = load_cached(store_root, cache_key(ref, platform or runtime_platform()))
+    if cached is None or not layers_present(store_root, cached[0]):
+        return None
+    return cached[0]
+
+
+class _WarmRegistrySource:
+    """A registry image whose resolution and layers are all in the store: no HTTP stack at all.
+
+    Should a layer vanish before it is used (a concurrent ``clean``), the real source is made then.
+    """
+
+    def __init__(self, image, make_source):
+        self._image = image
+        self._make_source = make_source
+        self._source = None
+
+    def resolve(self):
+        from .. import log
+
+        log.info("registry.cached", manifest=self._image.manifest_digest)
+        return self._image
+
+    def open_blob(self, layer):
+        if self._source is None:
+            self._source = self._make_source()
+            self._source.resolve()  # authenticates and picks the endpoint
+        return self._source.open_blob(layer)
+
+    def close(self) -> None:
+        if self._source is not None:
+            self._source.close()
