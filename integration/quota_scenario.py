@@ -294,6 +294,9 @@ def main() -> int:
         import traceback
 
         res["crash"] = traceback.format_exc()[-3000:]
+    finally:
+        # stop the store's keeper: nothing the scenario started may outlive it
+        res["delete_store"] = User(a).cli(f"{a.mnt}/store", "delete-store")
     print("\n" + json.dumps(res))
     return 0
 
