@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -17,7 +18,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .util import StepFailed, base_env, kill_pidfile, rm_tree, run, timed
+from .util import StepFailed, base_env, rm_tree, run, timed
 
 CHUNK = 1 << 20
 
@@ -59,17 +60,31 @@ class Podman:
     def pull(self, ref: str) -> float:
         return self.time("pull", "--quiet", "--tls-verify=false", ref)
 
-    def reset(self) -> None:
-        if self.state.exists():
-            self.run("system", "reset", "--force", timeout=120, check=False)
+    def _pause_pids(self) -> set[int]:
+        pids = set()
         for top in (self.state, self.short):
             for p in top.glob("**/pause.pid"):
-                kill_pidfile(p)
-        for top in (self.state, self.short):
-            if top.exists():
-                # rootless podman leaves subordinate-owned files: remove them in its namespace
-                run(["podman", "unshare", "rm", "-rf", str(top)], env=self.env, timeout=300, check=False)
-                rm_tree(top)
+                try:
+                    pids.add(int(p.read_text().split()[0]))
+                except (OSError, ValueError, IndexError):
+                    pass
+        return pids
+
+    def reset(self) -> None:
+        """``podman system reset`` on the private state, then SIGKILL its pause process (it
+        ignores SIGTERM; its pid file is in --tmpdir, which the reset removes: read it before
+        and after) and remove what is left (the reset removed the subordinate-owned layers)."""
+        pids = self._pause_pids()
+        if self.state.exists():
+            self.run("system", "reset", "--force", timeout=120, check=False)
+        pids |= self._pause_pids()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        rm_tree(self.state)
+        rm_tree(self.short)
 
 
 def podman_check(work: Path, home: Path) -> str | None:
