@@ -18,8 +18,8 @@ from registry_env import FaultProxy, Registry, TokenServer, htpasswd_file, make_
 
 from rootless_groot.digests import chain_ids
 
-pytestmark = pytest.mark.skipif(not (shutil.which("docker-registry") and shutil.which("skopeo")),
-                                reason="docker-registry and skopeo are needed (scripts/install-deps.sh)")
+assert shutil.which("docker-registry") and shutil.which("skopeo"), \
+    "docker-registry and skopeo are needed: make test installs them (scripts/install-deps.sh)"
 
 USER, PASSWORD = "alice", "alice-secret-pw"
 TOKEN_USER, TOKEN_PASSWORD = "carol", "carol-token-pw"
@@ -271,3 +271,24 @@ def test_pull_command_warms_the_cache(cli, store_dir, env, proxy):
     proxy.requests.clear()
     create(cli, store_dir, ref, "c1", "--insecure-registry", proxy.host, "--pull", "never")
     assert proxy.requests == []
+
+
+def test_warm_path_notices_a_retagged_image(cli, store_dir, env, user_tmp):
+    """The warm HEAD check: same tag, new image -> the new image, and the cache follows."""
+    repo, flags = "test/retag", ("--insecure-registry", env.plain.host)
+    ref = f"{env.plain.host}/{repo}:latest"
+
+    def version(image_id):
+        rootfs = os.path.join(store_dir, "images", image_id, "rootfs")
+        return cli("--store", store_dir, "enter", "--", "cat", f"{rootfs}/version").stdout
+
+    for n, text in enumerate((b"one\n", b"two\n")):
+        layout = ob.write_layout(user_tmp / f"retag{n}", [ob.busybox_image([ob.Layer([ob.File("version", text)])])],
+                                 tag="t")
+        push(layout.uri("t"), ref)
+        create(cli, store_dir, ref, f"r{n}", *flags)
+        assert version(f"r{n}") == text.decode()
+        create(cli, store_dir, ref, f"w{n}", *flags)  # warm: one HEAD, same digest
+        assert version(f"w{n}") == text.decode()
+    create(cli, store_dir, ref, "m", *flags, "--pull=missing")
+    assert version("m") == "two\n"

@@ -19,12 +19,31 @@ def open_source(ref: DockerRef | OCILayoutRef | TarballRef, platform: dict[str, 
         return TarballSource(ref)
     if isinstance(ref, DockerRef):
         store_root = registry_options.get("store_root")
-        if store_root and (registry_options.get("pull_policy") in ("missing", "never") or ref.digest):
-            warm = _cached_registry_image(ref, platform, store_root)
-            if warm is not None:
-                return _WarmRegistrySource(warm, lambda: _registry_source(ref, platform, registry_options))
+        warm = _cached_registry_image(ref, platform, store_root) if store_root else None
+        if warm is not None and _still_current(ref, warm[1], registry_options):
+            return _WarmRegistrySource(warm[0], lambda: _registry_source(ref, platform, registry_options))
         return _registry_source(ref, platform, registry_options)
     raise TypeError(ref)
+
+
+def _still_current(ref: DockerRef, top_digest: str, options: dict) -> bool:
+    """Whether a cached resolution may be used without the full registry client.
+
+    Pinned by digest, or ``--pull missing|never``: yes. Otherwise (``--pull always``) one
+    anonymous HEAD must show the same manifest digest; Docker Hub (always a token) and
+    mirrors are left to the full client.
+    """
+    policy = options.get("pull_policy") or "always"
+    if ref.digest or policy in ("missing", "never"):
+        return True
+    if ref.registry == "docker.io" or options.get("mirrors"):
+        return False
+    from .registry_light import head_manifest_digest
+
+    current = head_manifest_digest(ref.registry, ref.repository, ref.reference,
+                                   insecure_registries=tuple(options.get("insecure_registries") or ()),
+                                   registry_ca=options.get("registry_ca"))
+    return current == top_digest
 
 
 def _registry_source(ref: DockerRef, platform: dict[str, str] | None, registry_options: dict) -> ImageSource:
@@ -39,14 +58,15 @@ def _registry_source(ref: DockerRef, platform: dict[str, str] | None, registry_o
 
 
 def _cached_registry_image(ref: DockerRef, platform: dict[str, str] | None, store_root: str):
-    """The store's last resolution of ``ref`` if all its layers are still there, else None."""
+    """(image, top-level manifest digest) of the store's last resolution of ``ref`` if all its
+    layers are still there, else None."""
     from .base import runtime_platform
     from .registry_cache import cache_key, layers_present, load_cached
 
     cached = load_cached(store_root, cache_key(ref, platform or runtime_platform()))
     if cached is None or not layers_present(store_root, cached[0]):
         return None
-    return cached[0]
+    return cached
 
 
 class _WarmRegistrySource:

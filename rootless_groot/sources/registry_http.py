@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable
 from urllib.parse import urljoin, urlsplit
 
 from ..errors import ImageError
+from .registry_hosts import ca_files_for, host_matches
 
 MAX_REDIRECTS = 10
 MAX_ERROR_BODY = 1 << 20
@@ -51,37 +52,6 @@ def origin(url: str) -> tuple[str, str]:
     """(scheme, host[:port]): the unit ``Authorization`` is bound to."""
     parts = urlsplit(url)
     return parts.scheme.lower(), parts.netloc.rsplit("@", 1)[-1].lower()
-
-
-def host_matches(host: str, patterns: Iterable[str]) -> bool:
-    """``host[:port]`` matches a configured name with or without the port."""
-    bare = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    for pattern in patterns:
-        p = pattern.strip().lower()
-        for prefix in ("https://", "http://"):
-            p = p.removeprefix(prefix)
-        p = p.rstrip("/")
-        if p and (p == host or p == bare):
-            return True
-    return False
-
-
-def _cert_dirs() -> list[str]:
-    home = os.path.expanduser("~")
-    return [os.path.join(home, ".config", "containers", "certs.d"), "/etc/containers/certs.d", "/etc/docker/certs.d"]
-
-
-def ca_files_for(host: str) -> list[str]:
-    """``certs.d/HOST[:PORT]/*.crt`` from the containers and docker conventions."""
-    out = []
-    for base in _cert_dirs():
-        directory = os.path.join(base, host)
-        try:
-            names = sorted(os.listdir(directory))
-        except OSError:
-            continue
-        out.extend(os.path.join(directory, n) for n in names if n.endswith(".crt"))
-    return out
 
 
 def read_capped(resp: Any, limit: int, what: str) -> bytes:
