@@ -6,7 +6,6 @@ import os
 from .. import log
 from ..errors import GrootError, NotFound, UsageError
 from ..fastjson import dumps, loads
-from ..mount import is_mountpoint, mount_overlay, overlay_options, unmount
 from ..record import Record
 from .layers import ensure_short_link, layer_size, make_temp_dir, remove_tree
 from .locks import flocked
@@ -73,6 +72,8 @@ def _lowerdirs(ctx: StoreContext, info: ImageInfo) -> tuple[list[str], list[str]
 
 
 def mount_image(ctx: StoreContext, info: ImageInfo) -> None:
+    from ..mount import mount_overlay
+
     image_dir = ctx.store.image_dir(info.image_id)
     full, short = _lowerdirs(ctx, info)
     mount_overlay(
@@ -87,6 +88,8 @@ def mount_image(ctx: StoreContext, info: ImageInfo) -> None:
 
 def remount_all(ctx: StoreContext) -> None:
     """After a keeper restart: mount every image that the store keeps mounted."""
+    from ..mount import is_mountpoint
+
     for image_id in image_ids(ctx):
         try:
             info = read_image(ctx, image_id)
@@ -105,6 +108,8 @@ def runtime_spec(ctx: StoreContext, info: ImageInfo) -> dict:
     process["cwd"] = ""
     spec: dict = {"ociVersion": "", "process": process, "root": {"path": os.path.join(image_dir, "rootfs")}}
     if not info.mount:
+        from ..mount import overlay_options
+
         lowers = [ctx.store.short_link(c) for c in reversed(info.layers)]
         opts = overlay_options(lowers, os.path.join(image_dir, "diff"), os.path.join(image_dir, "work"), userxattr=True)
         spec["mounts"] = [{"destination": "/", "type": "overlay", "source": "overlay", "options": [opts]}]
@@ -154,6 +159,8 @@ def create_image(ctx: StoreContext, image_id: str, layers: list[str], env: list[
 
 
 def _remove_image_dir(ctx: StoreContext, image_id: str) -> None:
+    from ..mount import is_mountpoint, unmount
+
     image_dir = ctx.store.image_dir(image_id)
     rootfs = os.path.join(image_dir, "rootfs")
     unmount(rootfs)
@@ -164,16 +171,24 @@ def _remove_image_dir(ctx: StoreContext, image_id: str) -> None:
     remove_tree(doomed)
 
 
+def _quota_for(ctx: StoreContext, info: ImageInfo):
+    """The quota module if the image has a limit (started now: the setuid helper cannot be
+    launched from inside the store's namespace, which the caller joins next), else None."""
+    if not info.quota:
+        return None
+    from .. import quota
+
+    quota.prepare(ctx)
+    return quota
+
+
 def delete_image(ctx: StoreContext, image_id: str) -> None:
     """Unmount, release the quota, and remove an image (rename first: it vanishes atomically)."""
-    from .. import quota as quota_mod
-
     info = read_image(ctx, image_id)
-    if info.quota:
-        quota_mod.prepare(ctx)  # the setuid helper must start outside the store's namespace
+    quota_mod = _quota_for(ctx, info)
     ctx.enter()
     with flocked(ctx.store.lock_path("gc"), exclusive=False):
-        if info.quota:
+        if quota_mod:
             quota_mod.release(ctx, info)
         _remove_image_dir(ctx, image_id)
     log.info("image.deleted", id=image_id)
@@ -205,13 +220,10 @@ def disk_usage(path: str) -> int:
 
 def image_stats(ctx: StoreContext, image_id: str) -> dict:
     """GrootFS's four numbers. Without a quota, exclusive bytes come from walking ``diff/``."""
-    from .. import quota as quota_mod
-
     info = read_image(ctx, image_id)
-    if info.quota:
-        quota_mod.prepare(ctx)
+    quota_mod = _quota_for(ctx, info)
     ctx.enter()
-    exclusive = quota_mod.exclusive_usage(ctx, info)
+    exclusive = quota_mod.exclusive_usage(ctx, info) if quota_mod else None
     if exclusive is None:
         exclusive = disk_usage(os.path.join(ctx.store.image_dir(image_id), "diff"))
     return {"disk_usage": {
