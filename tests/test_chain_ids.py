@@ -28,3 +28,19 @@ def test_gc_keeps_layers_any_image_uses():
     assert unused_layers({"a", "b", "c", "d"}, [["a", "b"], ["b", "c"]]) == {"d"}
     assert unused_layers({"a"}, []) == {"a"}
     assert unused_layers(set(), [["a"]]) == set()
+
+
+def test_layers_shared_out_by_size_in_image_order():
+    from rootless_groot.sources.base import LayerDescriptor
+    from rootless_groot.store.layers import _share_out
+
+    sizes = [100, 1, 1, 90, 5, 5]
+    layers = [LayerDescriptor(f"{i:064x}", None, size, None, "tar") for i, size in enumerate(sizes)]
+    shares = _share_out(layers, 2)
+    assert sorted(l.chain_id for share in shares for l in share) == sorted(l.chain_id for l in layers)
+    for share in shares:  # each share keeps the image's order
+        assert [layers.index(l) for l in share] == sorted(layers.index(l) for l in share)
+    totals = sorted(sum(l.size for l in share) for share in shares)
+    assert totals == [100, 102] or totals[1] - totals[0] <= 10
+    assert _share_out(layers[:1], 1) == [layers[:1]]
+    assert len(_share_out(layers, 8)) == 6  # no empty shares

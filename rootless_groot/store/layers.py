@@ -13,7 +13,7 @@ import time
 from .. import log
 from ..errors import GrootError, LayerError
 from ..fastjson import dumps, loads
-from .locks import flocked
+from .locks import flocked, try_flock
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -35,74 +35,146 @@ def layer_size(ctx: StoreContext, chain_id: str) -> int:
 
 
 def ensure_layers(ctx: StoreContext, source: ImageSource, layers: list[LayerDescriptor]) -> None:
-    """Make every layer present in the cache, unpacking the missing ones (in parallel)."""
+    """Make every layer present in the cache, unpacking the missing ones (in parallel).
+
+    The missing layers are shared out by size among at most one forked worker per CPU; each
+    worker unpacks its share and installs it with one ``syncfs`` (a 128-layer image costs
+    two forks and two syncs, not 128 of each).
+    """
     missing = [layer for layer in layers if not os.path.isdir(ctx.store.layer_dir(layer.chain_id))]
     if not missing:
         return
     ctx.enter()
-    tasks = [(layer, _task(ctx, source, layer)) for layer in missing]
-    if len(tasks) == 1:
-        tasks[0][1]()
+    shares = _share_out(missing, min(len(missing), os.cpu_count() or 2))
+    if len(shares) == 1:
+        install_layers(ctx, source, shares[0])
         return
-    workers = min(len(tasks), max(2, os.cpu_count() or 2))
-    errors = _run_forked([t for _, t in tasks], workers)
+    errors = _run_forked([_task(ctx, source, share) for share in shares], len(shares))
     for message in errors:
         if message is not None:
             raise LayerError(message)
 
 
-def _task(ctx: StoreContext, source: ImageSource, layer: LayerDescriptor) -> Callable[[], None]:
-    return lambda: install_layer(ctx, source, layer)
+def _share_out(layers: list[LayerDescriptor], workers: int) -> list[list[LayerDescriptor]]:
+    """Biggest first, each to the least loaded worker; every share keeps the image's order."""
+    loads_: list[int] = [0] * workers
+    owner: dict[int, int] = {}
+    for index in sorted(range(len(layers)), key=lambda i: -(layers[i].size or 0)):
+        worker = loads_.index(min(loads_))
+        loads_[worker] += (layers[index].size or 0) + 1
+        owner[index] = worker
+    shares: list[list[LayerDescriptor]] = [[] for _ in range(workers)]
+    for index, layer in enumerate(layers):
+        shares[owner[index]].append(layer)
+    return [share for share in shares if share]
 
 
-def install_layer(ctx: StoreContext, source: ImageSource, layer: LayerDescriptor) -> None:
-    """Unpack one layer into ``tmp/``, verify it, sync it, and rename it into place."""
-    from .. import syscalls
+def _task(ctx: StoreContext, source: ImageSource, share: list[LayerDescriptor]) -> Callable[[], None]:
+    return lambda: install_layers(ctx, source, share)
+
+
+def install_layers(ctx: StoreContext, source: ImageSource, layers: list[LayerDescriptor]) -> None:
+    """Unpack layers into ``tmp/`` and install them: one ``syncfs``, then one rename each.
+
+    Each layer's lock is held from the check to the rename. A layer whose lock another
+    process holds (it is unpacking it) is left for the end, when this process holds no lock,
+    so two creates never wait for each other; it is then waited for, usually found finished.
+    If a layer fails, the layers already unpacked are still installed, then the error rises.
+    """
+    batch: list[tuple[LayerDescriptor, int, str, dict]] = []
+    deferred: list[LayerDescriptor] = []
+    failure: BaseException | None = None
+    try:
+        for layer in layers:
+            final = ctx.store.layer_dir(layer.chain_id)
+            if os.path.isdir(final):
+                continue
+            lock = try_flock(ctx.store.lock_path(f"layer-{layer.chain_id}"))
+            if lock is None:
+                deferred.append(layer)
+                continue
+            if os.path.isdir(final):
+                os.close(lock)
+                continue
+            try:
+                work, meta = _unpack(ctx, source, layer)
+            except BaseException as e:
+                os.close(lock)
+                failure = e
+                break
+            batch.append((layer, lock, work, meta))
+        _install(ctx, batch)
+    finally:
+        for _, lock, work, _ in batch:
+            os.close(lock)
+            if os.path.lexists(work):
+                remove_tree(work)
+    if failure is not None:
+        raise failure
+    for layer in deferred:
+        with flocked(ctx.store.lock_path(f"layer-{layer.chain_id}")):
+            if os.path.isdir(ctx.store.layer_dir(layer.chain_id)):
+                continue
+            work, meta = _unpack(ctx, source, layer)
+            try:
+                _install(ctx, [(layer, -1, work, meta)])
+            finally:
+                if os.path.lexists(work):
+                    remove_tree(work)
+
+
+def _unpack(ctx: StoreContext, source: ImageSource, layer: LayerDescriptor) -> tuple[str, dict]:
+    """Unpack and verify one layer into a new ``tmp/`` directory; (that directory, its metadata)."""
     from ..layers.pipeline import unpack_blob
 
-    store = ctx.store
-    final = store.layer_dir(layer.chain_id)
-    with flocked(store.lock_path(f"layer-{layer.chain_id}")):
-        if os.path.isdir(final):
-            return
-        started = time.monotonic()
-        work = make_temp_dir(store.tmp, f"layer-{layer.chain_id[:12]}-")
-        try:
-            diff = os.path.join(work, "diff")
-            os.mkdir(diff, 0o755)
-            with source.open_blob(layer) as raw:
-                result = unpack_blob(
-                    raw,
-                    diff,
-                    digest=layer.digest,
-                    size=layer.size,
-                    diff_id=None if ctx.config.skip_layer_validation else layer.diff_id,
-                    chown=ctx.meta.rootless or os.geteuid() == 0,
-                    allow_devices=not ctx.meta.rootless,
-                    id_translate=ctx.id_translate(),
-                    what=layer.name,
-                )
-            if result.squashed_owners:
-                log.warn("layer.owners-squashed", layer=layer.name, count=result.squashed_owners,
-                         text=f"{layer.name}: {result.squashed_owners} files are owned by ids outside the store's "
-                              "mapping and were given to the store owner (add subordinate ids in /etc/subuid)")
-            meta = {"chain_id": layer.chain_id, "diff_id": result.diff_id, "digest": layer.digest,
-                    "size": result.size, "entries": result.entries}
-            with open(os.path.join(work, LAYER_META), "w") as f:
-                f.write(dumps(meta))
-            fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                syscalls.syncfs(fd)
-            finally:
-                os.close(fd)
-            os.chmod(work, 0o755)
-            os.rename(work, final)
-        except BaseException:
-            remove_tree(work)
-            raise
-        log.info("layer.unpacked", layer=layer.name, chain_id=layer.chain_id, size=result.size,
-                 entries=result.entries, seconds=round(time.monotonic() - started, 3))
-    ensure_short_link(ctx, layer.chain_id)
+    started = time.monotonic()
+    work = make_temp_dir(ctx.store.tmp, f"layer-{layer.chain_id[:12]}-")
+    try:
+        diff = os.path.join(work, "diff")
+        os.mkdir(diff, 0o755)
+        with source.open_blob(layer) as raw:
+            result = unpack_blob(
+                raw,
+                diff,
+                digest=layer.digest,
+                size=layer.size,
+                diff_id=None if ctx.config.skip_layer_validation else layer.diff_id,
+                chown=ctx.meta.rootless or os.geteuid() == 0,
+                allow_devices=not ctx.meta.rootless,
+                id_translate=ctx.id_translate(),
+                what=layer.name,
+            )
+        if result.squashed_owners:
+            log.warn("layer.owners-squashed", layer=layer.name, count=result.squashed_owners,
+                     text=f"{layer.name}: {result.squashed_owners} files are owned by ids outside the store's "
+                          "mapping and were given to the store owner (add subordinate ids in /etc/subuid)")
+        meta = {"chain_id": layer.chain_id, "diff_id": result.diff_id, "digest": layer.digest,
+                "size": result.size, "entries": result.entries}
+        with open(os.path.join(work, LAYER_META), "w") as f:
+            f.write(dumps(meta))
+        os.chmod(work, 0o755)
+    except BaseException:
+        remove_tree(work)
+        raise
+    log.info("layer.unpacked", layer=layer.name, chain_id=layer.chain_id, size=result.size,
+             entries=result.entries, seconds=round(time.monotonic() - started, 3))
+    return work, meta
+
+
+def _install(ctx: StoreContext, batch: list[tuple[LayerDescriptor, int, str, dict]]) -> None:
+    """One ``syncfs`` for the whole batch (durable before any rename), then the renames."""
+    from .. import syscalls
+
+    if not batch:
+        return
+    fd = os.open(ctx.store.tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        syscalls.syncfs(fd)
+    finally:
+        os.close(fd)
+    for layer, _, work, _ in batch:
+        os.rename(work, ctx.store.layer_dir(layer.chain_id))
+        ensure_short_link(ctx, layer.chain_id)
 
 
 def make_temp_dir(parent: str, prefix: str) -> str:
