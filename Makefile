@@ -62,6 +62,7 @@ test:
 	    echo "'$(TEST_USER)' and a test venv in $(TEST_ROOT). As a normal user, run 'make unit'." >&2; \
 	    exit 1; fi
 	$(MAKE) --no-print-directory deps test-venv
+	$(TEST_PY) -m ruff check --select F,E9 --output-format concise rootless_groot privileged_helper tests integration scripts
 	@set +e; bt=$$(mktemp -d /tmp/rootless-groot-pytest.XXXXXX); \
 	RG_TEST_PYTHON=$(TEST_PY) RG_TEST_ROOT=$(TEST_ROOT) RG_TEST_USER=$(TEST_USER) \
 	    PYTHONDONTWRITEBYTECODE=1 timeout --kill-after=30 $(TEST_TIMEOUT) \
