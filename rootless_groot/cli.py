@@ -207,7 +207,8 @@ def cmd_create(args, cfg) -> int:
                 from .errors import QuotaError
 
                 raise QuotaError("layers exceed disk quota")
-            ensure_layers(ctx, source, image.layers)
+            ensure_layers(ctx, source, image.layers,
+                          max_layer_size=limit if limit and not cfg.exclude_image_from_quota else None)
             info = create_image(ctx, args.id, [layer.chain_id for layer in image.layers], image.env,
                                 mount=not cfg.without_mount, quota=limit,
                                 exclude_image_from_quota=cfg.exclude_image_from_quota)

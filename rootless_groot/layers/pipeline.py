@@ -12,13 +12,14 @@ from .verify import DigestReader, parse_digest
 def unpack_blob(raw: BinaryIO, dest: str, *, digest: str | None, size: int | None, diff_id: str | None,
                 chown: bool = True, allow_devices: bool = False,
                 id_translate: Callable[[int, int], tuple[int, int]] | None = None,
-                what: str) -> UnpackResult:
+                what: str, max_size: int | None = None) -> UnpackResult:
     """Stream the blob ``raw`` into the existing empty directory ``dest`` in one pass.
 
     The compressed bytes are counted and hashed (``digest``, ``size``), the
     uncompressed stream is hashed for the diffID; both are checked once the
     stream is read to EOF. Any mismatch or hostile entry raises LayerError naming
-    ``what`` (e.g. "layer sha256:abcd…").
+    ``what`` (e.g. "layer sha256:abcd…"). ``max_size`` (a disk limit) stops a layer whose
+    files would exceed it with QuotaError, as soon as a tar header says so.
 
     On ANY exception ``dest`` holds a partial or unverified layer: the caller must
     delete it and never install it.
@@ -33,7 +34,7 @@ def unpack_blob(raw: BinaryIO, dest: str, *, digest: str | None, size: int | Non
         other_diff = DigestReader(stream, diff_id, None, f"{what}: diffID")
         stream = other_diff  # type: ignore[assignment]
     result = unpack_layer(stream, dest, chown=chown, allow_devices=allow_devices,
-                          id_translate=id_translate, what=what)
+                          id_translate=id_translate, what=what, max_size=max_size)
     # The decompressor stops at the end of its data; anything after it in the
     # blob still belongs to the digest (and makes it wrong).
     while verifier.read(CHUNK):

@@ -24,7 +24,7 @@ from decimal import Decimal, InvalidOperation
 from typing import BinaryIO, Callable
 
 from .. import syscalls
-from ..errors import LayerError
+from ..errors import LayerError, QuotaError
 
 CHUNK = 1 << 20
 _FD_CACHE_SIZE = 128
@@ -218,6 +218,7 @@ class _Unpacker:
         self.bad_uids: set[int] = set()
         self.bad_gids: set[int] = set()
         self.size = self.entries = self.squashed = self.skipped = 0
+        self.max_size: int | None = None  # bytes of regular files allowed (a disk limit)
         self.name = ""
 
     # -- confined directory resolution ------------------------------------------------
@@ -431,6 +432,9 @@ class _Unpacker:
         self.dirs[rel] = (member.mode & 0o7777, _times_ns(member))
 
     def regular(self, tar: tarfile.TarFile, rel: str, member: tarfile.TarInfo) -> None:
+        if self.max_size is not None and self.size + member.size > self.max_size:
+            # GrootFS: a layer that cannot fit the disk limit stops as soon as that is known
+            raise QuotaError("layers exceed disk quota")
         pfd, leaf = self.parent(rel)
         mode = member.mode & 0o7777
         try:  # usually new: no stat first
@@ -524,7 +528,7 @@ class _Unpacker:
 
 def unpack_layer(tar_stream: BinaryIO, dest: str, *, chown: bool = True, allow_devices: bool = False,
                  id_translate: Callable[[int, int], tuple[int, int]] | None = None,
-                 what: str = "layer") -> UnpackResult:
+                 what: str = "layer", max_size: int | None = None) -> UnpackResult:
     """Unpack an uncompressed tar stream into the existing empty directory ``dest``.
 
     Raises LayerError naming ``what`` and the entry for a hostile or malformed layer.
@@ -534,6 +538,7 @@ def unpack_layer(tar_stream: BinaryIO, dest: str, *, chown: bool = True, allow_d
     """
     hashing = _TarSource(tar_stream)
     unpacker = _Unpacker(dest, chown, allow_devices, id_translate, what)
+    unpacker.max_size = max_size
     try:
         try:
             tar = tarfile.open(fileobj=hashing, mode="r:", tarinfo=_StrictTarInfo,

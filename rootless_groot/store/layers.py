@@ -34,12 +34,14 @@ def layer_size(ctx: StoreContext, chain_id: str) -> int:
         return 0
 
 
-def ensure_layers(ctx: StoreContext, source: ImageSource, layers: list[LayerDescriptor]) -> None:
+def ensure_layers(ctx: StoreContext, source: ImageSource, layers: list[LayerDescriptor],
+                  max_layer_size: int | None = None) -> None:
     """Make every layer present in the cache, unpacking the missing ones (in parallel).
 
     The missing layers are shared out by size among at most one forked worker per CPU; each
     worker unpacks its share and installs it with one ``syncfs`` (a 128-layer image costs
-    two forks and two syncs, not 128 of each).
+    two forks and two syncs, not 128 of each). ``max_layer_size`` (the disk limit, when the
+    image counts against it) stops a layer that cannot fit as soon as that is known.
     """
     missing = [layer for layer in layers if not os.path.isdir(ctx.store.layer_dir(layer.chain_id))]
     if not missing:
@@ -47,9 +49,9 @@ def ensure_layers(ctx: StoreContext, source: ImageSource, layers: list[LayerDesc
     ctx.enter()
     shares = _share_out(missing, min(len(missing), os.cpu_count() or 2))
     if len(shares) == 1:
-        install_layers(ctx, source, shares[0])
+        install_layers(ctx, source, shares[0], max_layer_size)
         return
-    errors = _run_forked([_task(ctx, source, share) for share in shares], len(shares))
+    errors = _run_forked([_task(ctx, source, share, max_layer_size) for share in shares], len(shares))
     for message in errors:
         if message is not None:
             raise LayerError(message)
@@ -69,11 +71,13 @@ def _share_out(layers: list[LayerDescriptor], workers: int) -> list[list[LayerDe
     return [share for share in shares if share]
 
 
-def _task(ctx: StoreContext, source: ImageSource, share: list[LayerDescriptor]) -> Callable[[], None]:
-    return lambda: install_layers(ctx, source, share)
+def _task(ctx: StoreContext, source: ImageSource, share: list[LayerDescriptor],
+          max_layer_size: int | None) -> Callable[[], None]:
+    return lambda: install_layers(ctx, source, share, max_layer_size)
 
 
-def install_layers(ctx: StoreContext, source: ImageSource, layers: list[LayerDescriptor]) -> None:
+def install_layers(ctx: StoreContext, source: ImageSource, layers: list[LayerDescriptor],
+                   max_layer_size: int | None = None) -> None:
     """Unpack layers into ``tmp/`` and install them: one ``syncfs``, then one rename each.
 
     Each layer's lock is held from the check to the rename. A layer whose lock another
@@ -97,7 +101,7 @@ def install_layers(ctx: StoreContext, source: ImageSource, layers: list[LayerDes
                 os.close(lock)
                 continue
             try:
-                work, meta = _unpack(ctx, source, layer)
+                work, meta = _unpack(ctx, source, layer, max_layer_size)
             except BaseException as e:
                 os.close(lock)
                 failure = e
@@ -115,7 +119,7 @@ def install_layers(ctx: StoreContext, source: ImageSource, layers: list[LayerDes
         with flocked(ctx.store.lock_path(f"layer-{layer.chain_id}")):
             if os.path.isdir(ctx.store.layer_dir(layer.chain_id)):
                 continue
-            work, meta = _unpack(ctx, source, layer)
+            work, meta = _unpack(ctx, source, layer, max_layer_size)
             try:
                 _install(ctx, [(layer, -1, work, meta)])
             finally:
@@ -123,7 +127,8 @@ def install_layers(ctx: StoreContext, source: ImageSource, layers: list[LayerDes
                     remove_tree(work)
 
 
-def _unpack(ctx: StoreContext, source: ImageSource, layer: LayerDescriptor) -> tuple[str, dict]:
+def _unpack(ctx: StoreContext, source: ImageSource, layer: LayerDescriptor,
+            max_size: int | None = None) -> tuple[str, dict]:
     """Unpack and verify one layer into a new ``tmp/`` directory; (that directory, its metadata)."""
     from ..layers.pipeline import unpack_blob
 
@@ -143,6 +148,7 @@ def _unpack(ctx: StoreContext, source: ImageSource, layer: LayerDescriptor) -> t
                 allow_devices=not ctx.meta.rootless,
                 id_translate=ctx.id_translate(),
                 what=layer.name,
+                max_size=max_size,
             )
         if result.squashed_owners:
             log.warn("layer.owners-squashed", layer=layer.name, count=result.squashed_owners,
