@@ -101,13 +101,11 @@ def parse_docker(text: str) -> DockerRef:
         name, _, digest = text.partition("@")
         if not is_digest(digest):
             raise UsageError(f"invalid digest `{digest}` in `{text}`")
-    import re  # docker references only: the OCI and tarball paths stay free of it
-
     tag = None
     last = name.rsplit("/", 1)[-1]
     if ":" in last:
         name, _, tag = name.rpartition(":")
-        if not re.match(r"^[\w][\w.-]{0,127}$", tag):
+        if not _valid_tag(tag):
             raise UsageError(f"invalid tag `{tag}` in `{text}`")
     parts = name.split("/")
     if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
@@ -118,9 +116,32 @@ def parse_docker(text: str) -> DockerRef:
         registry = DOCKER_HUB
     if registry == DOCKER_HUB and len(repo_parts) == 1:
         repo_parts = ["library", *repo_parts]
-    component = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
-    if not repo_parts or not all(component.match(p) for p in repo_parts):
+    if not repo_parts or not all(_valid_component(p) for p in repo_parts):
         raise UsageError(f"invalid repository name in `{text}`")
     if tag is None and digest is None:
         tag = "latest"
     return DockerRef(registry, "/".join(repo_parts), tag, digest)
+
+
+_ALNUM_LOWER = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+_TAG_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+
+def _valid_tag(tag: str) -> bool:
+    """``[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`` (the distribution spec), without ``re``."""
+    return 0 < len(tag) <= 128 and tag[0] in _TAG_CHARS and all(c in _TAG_CHARS or c in ".-" for c in tag)
+
+
+def _valid_component(part: str) -> bool:
+    """``[a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*`` (the distribution spec), without ``re``."""
+    if not part or part[0] not in _ALNUM_LOWER or part[-1] not in _ALNUM_LOWER:
+        return False
+    separator = ""
+    for c in part:
+        if c in _ALNUM_LOWER:
+            if separator not in ("", ".", "_", "__") and set(separator) != {"-"}:
+                return False
+            separator = ""
+        else:
+            separator += c
+    return True

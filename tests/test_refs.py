@@ -47,3 +47,30 @@ def test_plain_paths_are_tarballs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert parse_ref("rootfs.tar") == TarballRef(str(tmp_path / "rootfs.tar"))
     assert parse_ref("/abs/stack.tgz") == TarballRef("/abs/stack.tgz")
+
+
+@pytest.mark.parametrize("name, ok", [
+    ("a", True), ("a0", True), ("a.b", True), ("a_b", True), ("a__b", True), ("a-b", True), ("a---b", True),
+    ("a...b", False), ("a___b", False), ("a-.b", False), ("_a", False), ("a_", False), ("A", False), ("a.-b", False),
+    ("a b", False), ("é", False),
+])
+def test_repository_components_follow_the_distribution_spec(name, ok):
+    import re
+
+    spec = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+    assert bool(spec.match(name)) == ok  # the table is right
+    if ok:
+        assert parse_ref(f"docker://host:5000/{name}").repository == name
+    else:
+        with pytest.raises(UsageError):
+            parse_ref(f"docker://host:5000/{name}")
+
+
+@pytest.mark.parametrize("tag, ok", [("v1", True), ("_x", True), ("1.0-rc_2", True), ("a" * 128, True),
+                                     ("a" * 129, False), (".x", False), ("-x", False), ("x y", False), ("é", False)])
+def test_tags_follow_the_distribution_spec(tag, ok):
+    if ok:
+        assert parse_ref(f"docker://img:{tag}").tag == tag
+    else:
+        with pytest.raises(UsageError):
+            parse_ref(f"docker://img:{tag}")

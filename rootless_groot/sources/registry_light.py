@@ -33,7 +33,8 @@ def _connect_plain(name: str, port: int, timeout: float):
     import _socket
 
     error: OSError | None = None
-    for family, kind, proto, _, address in _socket.getaddrinfo(name, port, 0, _socket.SOCK_STREAM):
+    # bytes, not str: a str host goes through the idna codec, which imports re (~8 ms)
+    for family, kind, proto, _, address in _socket.getaddrinfo(name.encode("ascii"), port, 0, _socket.SOCK_STREAM):
         sock = _socket.socket(family, kind, proto)
         sock.settimeout(timeout)
         try:
@@ -75,7 +76,7 @@ def head_manifest_digest(registry: str, repository: str, reference: str, *, inse
                 data += chunk
         finally:
             sock.close()
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # UnicodeError (a non-ASCII host) is a ValueError
         return None
     head, sep, _ = data.partition(b"\r\n\r\n")
     if not sep:
