@@ -64,9 +64,7 @@ def check_semantics(res: dict, fs: str) -> None:
     assert res["w2"]["rc"] != 0 and full in res["w2"]["err"], res["w2"]
     stats = json.loads(res["stats"]["out"])["disk_usage"]
     truth = int(res["truth"])
-    # btrfs reads the qgroup, which also counts the subvolume's metadata (16 KiB tree nodes)
-    tolerance = BLOCK if fs == "xfs" else 4 * 16384
-    assert abs(stats["exclusive_bytes_used"] - truth) <= tolerance, (stats, truth)
+    assert abs(stats["exclusive_bytes_used"] - truth) <= BLOCK, (stats, truth)
     assert stats["total_bytes_used"] == stats["exclusive_bytes_used"] + res["image_size"]
     assert stats["quota_size_bytes"] == 10 * MIB
     assert stats["committed_space_bytes"] == res["image_size"] + 10 * MIB

@@ -221,9 +221,12 @@ def disk_usage(path: str) -> int:
 def image_stats(ctx: StoreContext, image_id: str) -> dict:
     """GrootFS's four numbers. Without a quota, exclusive bytes come from walking ``diff/``."""
     info = read_image(ctx, image_id)
-    quota_mod = _quota_for(ctx, info)
+    exclusive = None
+    if info.quota:
+        from .. import quota
+
+        exclusive = quota.exclusive_usage(ctx, info)
     ctx.enter()
-    exclusive = quota_mod.exclusive_usage(ctx, info) if quota_mod else None
     if exclusive is None:
         exclusive = disk_usage(os.path.join(ctx.store.image_dir(image_id), "diff"))
     return {"disk_usage": {
