@@ -247,3 +247,34 @@ def test_keeper_is_detached(cli, store_dir, rich_layout):
     for fd in fds:
         assert os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/null"
     assert os.getsid(pid) == pid or os.getsid(pid) != os.getsid(0)
+
+
+def test_clean_removes_exactly_the_unused_layers(cli, store_dir, user_tmp):
+    base = ob.busybox_layer()
+    a = ob.Image([base, ob.Layer([ob.File("a", b"a")])])
+    b = ob.Image([base, ob.Layer([ob.File("b", b"b")])])
+    lay = ob.write_layout(user_tmp / "two", [a, b], tag=None)
+    index = json.loads((lay.path / "index.json").read_text())
+    for entry, tag in zip(index["manifests"], ("a", "b")):
+        entry.setdefault("annotations", {})[ob.REF_NAME] = tag
+    (lay.path / "index.json").write_text(json.dumps(index))
+    for tag in ("a", "b", "b"):
+        cli("--store", store_dir, "create", "--without-mount", lay.uri(tag), f"img-{tag}{len(layer_dirs(store_dir))}")
+    assert len(layer_dirs(store_dir)) == 3
+    before = set(layer_dirs(store_dir))
+    for image_id in os.listdir(os.path.join(store_dir, "images")):
+        if image_id.startswith("img-b"):
+            cli("--store", store_dir, "delete", image_id)
+    # a corrupt image record: which layers it needs is unknown, so clean keeps everything
+    (user_tmp / "store-corrupt").mkdir()
+    corrupt = os.path.join(store_dir, "images", "zz-corrupt")
+    cli("--store", store_dir, "enter", "--", "sh", "-c", f"mkdir {corrupt} && echo '{{' > {corrupt}/image.json")
+    assert cli("--store", store_dir, "clean").stdout == "clean completed\n"
+    assert set(layer_dirs(store_dir)) == before
+    cli("--store", store_dir, "enter", "--", "rm", "-rf", corrupt)
+    assert cli("--store", store_dir, "clean").stdout == "clean completed\n"
+    left = set(layer_dirs(store_dir))
+    assert len(left) == 2 and left < before  # base and a's top stay, b's top is gone
+    spec = json.loads(cli("--store", store_dir, "create", "--without-mount", lay.uri("a"), "again").stdout)
+    assert len(layer_dirs(store_dir)) == 2  # nothing had to be unpacked again
+    assert spec["mounts"]

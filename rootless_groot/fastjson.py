@@ -55,6 +55,13 @@ def loads(data: str | bytes, object_pairs_hook: Callable | None = None) -> Any:
         obj, end = scan(data, start)
     except StopIteration:
         raise ValueError("Expecting a JSON value") from None
+    except SystemError:
+        # _json reports a syntax error through json.decoder.JSONDecodeError, but only looks it
+        # up if json.decoder is already imported; parse again with the module for the message.
+        import json
+
+        json.loads(data, object_pairs_hook=object_pairs_hook)
+        raise ValueError("malformed JSON") from None
     if data[end:].strip(_WHITESPACE):
         raise ValueError("Extra data after the JSON document")
     return obj

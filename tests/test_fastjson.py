@@ -37,3 +37,15 @@ def test_refuses_what_json_cannot_encode():
         fastjson.dumps({"x": object()})
     with pytest.raises(ValueError):
         fastjson.dumps(float("nan"))
+
+
+@pytest.mark.parametrize("bad", ["{", '{"a": }', "[1,", '{"a":1} x', "nul"])
+def test_malformed_is_value_error_even_before_json_is_imported(bad):
+    """_json raises its errors through json.decoder, found only if something imported it."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom rootless_groot import fastjson\nassert 'json.decoder' not in sys.modules\n"
+            "try:\n    fastjson.loads(sys.argv[1])\nexcept ValueError as e:\n    print('ValueError')\n")
+    r = subprocess.run([sys.executable, "-c", code, bad], capture_output=True, text=True)
+    assert r.stdout == "ValueError\n", r.stderr

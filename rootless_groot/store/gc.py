@@ -41,16 +41,18 @@ def clean(ctx: StoreContext, threshold: int) -> bool:
     with flocked(ctx.store.lock_path("gc")):
         if threshold > 0 and store_usage(ctx) <= threshold:
             return False
-        infos: list[list[str]] = []
-        unreadable = False
+        layers = _layer_ids(ctx)
+        unused: set[str] = set(layers)
         for image_id in image_ids(ctx):
+            if not unused:
+                break  # every layer is known to be in use: the other images cannot change that
             try:
-                infos.append(read_image(ctx, image_id).layers)
+                unused = unused_layers(unused, [read_image(ctx, image_id).layers])
             except GrootError as e:
                 # Which layers a corrupt image needs is unknown: keep them all.
                 log.error("clean.unreadable-image", id=image_id, error=str(e))
-                unreadable = True
-        for chain_id in sorted(unused_layers(_layer_ids(ctx), infos)) if not unreadable else []:
+                unused = set()
+        for chain_id in sorted(unused):
             doomed = os.path.join(ctx.store.tmp, f"gc-{chain_id}")
             os.rename(ctx.store.layer_dir(chain_id), doomed)
             log.info("clean.layer-removed", chain_id=chain_id)
