@@ -128,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {e.filename}" if e.filename else ""
         print(f"{e.strerror or e}{where}", flush=True)
         return 1
+    except Exception as e:  # a bug: still one line on stdout; the traceback goes to the log
+        import traceback
+
+        log.error("internal-error", traceback=traceback.format_exc())
+        sys.stderr.write(traceback.format_exc())
+        print(f"internal error: {type(e).__name__}: {e}".replace("\n", " "), flush=True)
+        return 1
 
 
 def _open(cfg):

@@ -68,3 +68,16 @@ def test_help_and_version(capsys):
     assert "--disk-limit-size-bytes N" in capsys.readouterr().out
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.startswith("rootless-groot ")
+
+
+def test_an_unexpected_exception_is_still_one_line_on_stdout(capsys, monkeypatch):
+    import rootless_groot.cli as cli
+
+    def boom(args, cfg):
+        raise ZeroDivisionError("bug\nwith two lines")
+
+    monkeypatch.setitem(cli.HANDLERS, "capacity", boom)
+    assert main(["capacity"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "internal error: ZeroDivisionError: bug with two lines\n"
+    assert "Traceback" in err
