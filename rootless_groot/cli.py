@@ -183,9 +183,6 @@ def _open_or_init(cfg):
 
 
 def cmd_create(args, cfg) -> int:
-    from .refs import parse_ref
-    from .sources import open_source
-    from .sources.base import parse_platform
     from .store.images import check_id, create_image, runtime_spec
     from .store.layers import ensure_layers
     from .store.locks import flocked
@@ -204,9 +201,7 @@ def cmd_create(args, cfg) -> int:
         from .store.gc import clean
 
         clean(ctx, cfg.clean_threshold_bytes)
-    ref = parse_ref(args.image)
-    platform = parse_platform(args.platform) if args.platform else None
-    source = open_source(ref, platform, **_registry_options(args, cfg))
+    source = _image_source(args, cfg)
     try:
         with flocked(ctx.store.lock_path("gc"), exclusive=False):
             image = source.resolve()
@@ -356,18 +351,23 @@ def _registry_options(args: Args, cfg) -> dict[str, Any]:
     }
 
 
-def cmd_pull(args, cfg) -> int:
-    """Resolve an image and unpack its missing layers; prints the manifest digest."""
+def _image_source(args: Args, cfg):
+    """The source of ``args.image``, with the platform and registry options of the flags."""
     from .refs import parse_ref
     from .sources import open_source
     from .sources.base import parse_platform
+
+    platform = parse_platform(args.platform) if args.platform else None
+    return open_source(parse_ref(args.image), platform, **_registry_options(args, cfg))
+
+
+def cmd_pull(args, cfg) -> int:
+    """Resolve an image and unpack its missing layers; prints the manifest digest."""
     from .store.layers import ensure_layers
     from .store.locks import flocked
 
     ctx = _open_or_init(cfg)
-    ref = parse_ref(args.image)
-    platform = parse_platform(args.platform) if args.platform else None
-    source = open_source(ref, platform, **_registry_options(args, cfg))
+    source = _image_source(args, cfg)
     try:
         with flocked(ctx.store.lock_path("gc"), exclusive=False):
             image = source.resolve()
