@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import oci_builder as ob
 import pytest
-from conftest import TEST_PYTHON
+from conftest import TEST_PYTHON, _kill_keeper
 
 
 def layer_dirs(store) -> list[str]:
@@ -174,3 +174,35 @@ def test_sigkill_mid_unpack_leaves_store_usable(cli, store_dir, user_tmp, test_u
     assert spec["root"]["path"].endswith("/images/k1/rootfs")
     assert cli("--store", store_dir, "clean").stdout == "clean completed\n"
     assert tmp_entries(store_dir) == []
+
+
+@pytest.fixture
+def small_disk_store(test_user, user_tmp, cli):
+    """A store on a 3 MiB tmpfs of the test user's: a full disk, for real."""
+    mnt = user_tmp / "small-disk"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size=3m,uid={test_user.uid},gid={test_user.gid},mode=0755",
+                    "tmpfs", str(mnt)], check=True)
+    yield str(mnt / "store")
+    cli("--store", str(mnt / "store"), "delete-store", check=False)
+    _kill_keeper(mnt / "store", test_user.uid)
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_is_one_line_and_the_store_stays_usable(cli, small_disk_store, user_tmp, test_user):
+    store = small_disk_store
+    big = ob.busybox_image([ob.Layer([ob.File("big", os.urandom(4 << 20))], compression="gzip")])
+    lay = ob.write_layout(user_tmp / "big", [big], tag="b")
+    r = cli("--store", store, "create", lay.uri("b"), "b1", check=False)
+    assert r.returncode == 1
+    assert len(r.stdout.splitlines()) == 1 and "No space left on device" in r.stdout, r.stdout
+    assert not os.path.exists(os.path.join(store, "images", "b1"))
+    big_chain = [c for c in layer_dirs(store) if os.path.exists(os.path.join(store, "layers", c, "diff", "big"))]
+    assert big_chain == []  # the layer that did not fit is not in the cache
+    assert cli("--store", store, "clean").stdout == "clean completed\n"
+    assert tmp_entries(store) == []
+    small = ob.write_layout(user_tmp / "small", [ob.busybox_image()], tag="s")
+    spec = json.loads(cli("--store", store, "create", small.uri("s"), "s1").stdout)
+    r = cli("--store", store, "enter", "--", "ls", spec["root"]["path"] + "/bin/busybox")
+    assert r.returncode == 0
+    cli("--store", store, "delete-store")
