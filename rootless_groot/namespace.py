@@ -99,18 +99,15 @@ def _keeper_main(ready_w: int, go_r: int, close_fds: tuple[int, int], store: Sto
     """Body of the keeper process (never returns)."""
     for fd in close_fds:
         os.close(fd)
-    keep = {ready_w, go_r}
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
-    max_fd = os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536
-    for fd in range(3, max(max_fd, 3)):
-        if fd not in keep and fd != devnull:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-    os.close(devnull)
+    # Everything else inherited goes; closerange uses close_range(2), no loop up to RLIMIT_NOFILE.
+    low = 3
+    for fd in sorted((ready_w, go_r)):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 30)
     os.chdir("/")
     os.write(ready_w, f"{os.getpid()}\n".encode())
     try:
