@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .context import StoreContext
 
 IMAGE_META = "image.json"
+IMAGE_SUBDIRS = ("diff", "work", "rootfs")  # upperdir, workdir, mountpoint
 
 
 class ImageInfo(Record):
@@ -127,12 +128,12 @@ def create_image(ctx: StoreContext, image_id: str, layers: list[str], env: list[
     info = ImageInfo(image_id, layers, env, size, mount, quota, exclude_image_from_quota)
     work = make_temp_dir(store.tmp, f"image-{image_id[:32]}-")
     try:
-        for sub in ("diff", "work", "rootfs"):
+        for sub in IMAGE_SUBDIRS:
             os.mkdir(os.path.join(work, sub), 0o755)
         owner = (ctx.meta.owner_uid, ctx.meta.owner_gid)
         if not ctx.meta.rootless and owner != (os.geteuid(), os.getegid()):
             # As root with mappings, the container's root owns its image (GrootFS does the same).
-            for path in (work, *(os.path.join(work, sub) for sub in ("diff", "work", "rootfs"))):
+            for path in (work, *(os.path.join(work, sub) for sub in IMAGE_SUBDIRS)):
                 os.chown(path, *owner)
         with open(os.path.join(work, IMAGE_META), "w") as f:
             f.write(dumps(info.to_json()))
