@@ -67,63 +67,17 @@ import uuid
 from pathlib import Path
 from typing import Callable, Sequence
 
+from rootless_groot import runtime
+
 RUNC = shutil.which("runc", path=os.environ.get("PATH", "") + ":/usr/sbin:/usr/bin") or "/usr/sbin/runc"
-DEFAULT_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
-DOCKER_DEFAULT_CAPS = [
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
-    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
-]
 
 Runner = Callable[[list], subprocess.CompletedProcess]
 
 
-def make_config(rootfs: str, args: Sequence[str], *, env: Sequence[str] | None = None,
-                cwd: str = "/", uid: int = 0, gid: int = 0, hostname: str = "rg-test",
-                caps: Sequence[str] | None = None, netns: bool = False,
-                readonly: bool = False) -> dict:
-    """An OCI runtime config for runc running as root inside the store's user namespace
-    (see the module docstring for why each deviation from ``runc spec --rootless``)."""
-    caps = list(DOCKER_DEFAULT_CAPS if caps is None else caps)
-    namespaces = [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]
-    if netns:
-        namespaces.append({"type": "network"})
-    return {
-        "ociVersion": "1.0.2-dev",
-        "process": {
-            "terminal": False,
-            "user": {"uid": uid, "gid": gid},
-            "args": list(args),
-            "env": list(DEFAULT_ENV if env is None else env),
-            "cwd": cwd,
-            "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-            "noNewPrivileges": True,
-        },
-        "root": {"path": str(rootfs), "readonly": readonly},
-        "hostname": hostname,
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-             "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/sys", "type": "none", "source": "/sys",
-             "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]},
-        ],
-        "linux": {
-            "namespaces": namespaces,
-            "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
-                            "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
-                            "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
-            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
-                              "/proc/sysrq-trigger"],
-        },
-    }
+def make_config(rootfs: str, args: Sequence[str], *, hostname: str = "rg-test", **kw) -> dict:
+    """An OCI runtime config for runc running as root inside the store's user namespace: the
+    package's own (``rootless_groot.runtime.make_config``, used by ``run`` and ``bundle``)."""
+    return runtime.make_config(rootfs, args, hostname=hostname, **kw)
 
 
 def _default_workdir() -> str:

@@ -131,15 +131,25 @@ def parse(argv: list[str], global_opts: list[Opt], commands: dict[str, Command])
     where = command.usage()
     values.update(_defaults(command.opts))
     rest = argv[i + 1:]
+    # Global flags are accepted after the command too (`list --store X`), as podman does.
+    own = {n for o in command.opts for n in o.names}
+    opts = command.opts + [o for o in global_opts if not own.intersection(o.names)]
     if command.rest:
-        j = _options(rest, 0, command.opts, values, where, None)
+        j = _first_non_flag(rest, opts)
+        if "-h" in rest[:j] or "--help" in rest[:j]:
+            return f"help:{name}", Args(values)
+        j = _options(rest, 0, opts, values, where, None)
         tail = rest[j:]
+        if command.positionals:  # `run [flags] IMAGE [--] CMD...`: what follows IMAGE is the command
+            if tail[:1] == ["--"] or not tail:
+                raise UsageError(f"invalid arguments - usage: {where}")
+            values[command.positionals[0]], tail = tail[0], tail[1:]
         values[command.rest] = tail[1:] if tail[:1] == ["--"] else tail
     else:
         if "-h" in rest or "--help" in rest:
             return f"help:{name}", Args(values)
         positionals = []
-        j = _options(rest, 0, command.opts, values, where, positionals)
+        j = _options(rest, 0, opts, values, where, positionals)
         positionals += rest[j + 1:]  # after "--", everything is positional
         required = [p for p in command.positionals if not p.endswith("?")]
         if not len(required) <= len(positionals) <= len(command.positionals):
@@ -152,11 +162,11 @@ def parse(argv: list[str], global_opts: list[Opt], commands: dict[str, Command])
     return name, Args(values)
 
 
-def _first_non_flag(argv: list[str], global_opts: list[Opt]) -> int:
-    """Index of the command name (help flags count only before it)."""
-    takes_value = {n for o in global_opts if o.kind not in ("true", "false") for n in o.names}
+def _first_non_flag(argv: list[str], opts: list[Opt]) -> int:
+    """Index of the first argument that is not a flag or a flag's value (the command name)."""
+    takes_value = {n for o in opts if o.kind not in ("true", "false") for n in o.names}
     i = 0
-    while i < len(argv) and argv[i].startswith("-"):
+    while i < len(argv) and argv[i].startswith("-") and argv[i] != "--":
         i += 2 if argv[i] in takes_value else 1
     return i
 

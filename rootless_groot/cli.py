@@ -74,6 +74,18 @@ COMMANDS = {c.name: c for c in [
             [Opt("--threshold-bytes", "int", help="only when the store holds more than N bytes", metavar="N")]),
     Command("capacity", "the store's configured size, as JSON"),
     Command("enter", "run a command inside the store's user and mount namespace (default: $SHELL)", rest="cmd"),
+    Command("run", "create (or reuse, with --name) an image and run a container from it with runc; "
+            "the container shares the host's network", [
+        Opt("--rm", "true", help="delete the image when the container exits"),
+        Opt("--tty,-t", "true", dest="tty", help="give the container a terminal"),
+        Opt("--name", help="image id (an existing image of that id is reused)", metavar="ID"),
+        Opt("--env,-e", "append", dest="env", help="KEY=VALUE, or KEY for the host's value (repeatable)",
+            metavar="K=V"),
+        Opt("--workdir,-w", "value", dest="workdir", help="working directory in the container", metavar="DIR"),
+        Opt("--runtime", help="runc (default) or crun, or a path", metavar="PATH"),
+        *_REGISTRY_OPTS,
+    ], ("image",), rest="cmd"),
+    Command("bundle", "write an OCI runtime bundle (config.json) for an image, for runc", [], ("id", "dir")),
 ]}
 
 
@@ -183,14 +195,21 @@ def _open_or_init(cfg):
 
 
 def cmd_create(args, cfg) -> int:
-    from .store.images import check_id, create_image, runtime_spec
-    from .store.layers import ensure_layers
-    from .store.locks import flocked
+    from .store.images import check_id, runtime_spec
 
     check_id(args.id)
     ctx = _open_or_init(cfg)
     if os.path.exists(ctx.store.image_dir(args.id)):
         raise GrootError(f"image for id `{args.id}` already exists")
+    _print_json(runtime_spec(ctx, _create(args, cfg, ctx, args.id)))
+    return 0
+
+
+def _create(args, cfg, ctx, image_id: str):
+    from .store.images import create_image
+    from .store.layers import ensure_layers
+    from .store.locks import flocked
+
     limit = 0
     if cfg.disk_limit_size_bytes:
         from .quota import check_available, effective_limit
@@ -205,19 +224,21 @@ def cmd_create(args, cfg) -> int:
     try:
         with flocked(ctx.store.lock_path("gc"), exclusive=False):
             image = source.resolve()
+            if args.platform:
+                from .sources.base import check_platform, parse_platform
+
+                check_platform(image, parse_platform(args.platform), args.image)
             if limit and not cfg.exclude_image_from_quota and sum(l.size or 0 for l in image.layers) > limit:
                 from .errors import QuotaError
 
                 raise QuotaError("layers exceed disk quota")
             ensure_layers(ctx, source, image.layers,
                           max_layer_size=limit if limit and not cfg.exclude_image_from_quota else None)
-            info = create_image(ctx, args.id, [layer.chain_id for layer in image.layers], image.env,
+            return create_image(ctx, image_id, [layer.chain_id for layer in image.layers], image.env,
                                 mount=not cfg.without_mount, quota=limit,
-                                exclude_image_from_quota=cfg.exclude_image_from_quota)
+                                exclude_image_from_quota=cfg.exclude_image_from_quota, config=image.config)
     finally:
         source.close()
-    _print_json(runtime_spec(ctx, info))
-    return 0
 
 
 def _id_from_arg(ctx, arg: str) -> str | None:
@@ -333,8 +354,18 @@ def cmd_enter(args, cfg) -> int:
     try:
         os.execvp(cmd[0], cmd)
     except OSError as e:
-        raise GrootError(f"cannot run `{cmd[0]}`: {e.strerror}") from None
+        from .errors import CommandNotFound
+
+        if isinstance(e, FileNotFoundError) or ("/" not in cmd[0] and not _on_path(cmd[0])):
+            raise CommandNotFound(f"{cmd[0]}: command not found") from None
+        error = GrootError(f"cannot run `{cmd[0]}`: {e.strerror}")
+        error.exit_code = 126  # found but not executable, as shells say
+        raise error from None
     return 1
+
+
+def _on_path(name: str) -> bool:
+    return any(os.path.isfile(os.path.join(d or ".", name)) for d in os.environ.get("PATH", os.defpath).split(":"))
 
 
 def _registry_options(args: Args, cfg) -> dict[str, Any]:
@@ -378,6 +409,18 @@ def cmd_pull(args, cfg) -> int:
     return 0
 
 
+def cmd_run(args, cfg) -> int:
+    from .workstation import run
+
+    return run(args, cfg, _open_or_init(cfg), _create)
+
+
+def cmd_bundle(args, cfg) -> int:
+    from .workstation import bundle
+
+    return bundle(args, _open(cfg))
+
+
 HANDLERS = {
     "init-store": cmd_init_store,
     "delete-store": cmd_delete_store,
@@ -389,4 +432,6 @@ HANDLERS = {
     "capacity": cmd_capacity,
     "enter": cmd_enter,
     "pull": cmd_pull,
+    "run": cmd_run,
+    "bundle": cmd_bundle,
 }

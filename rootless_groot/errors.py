@@ -37,3 +37,9 @@ class NamespaceError(GrootError):
 
 class QuotaError(GrootError):
     """A disk limit was requested but cannot be applied here."""
+
+
+class CommandNotFound(GrootError):
+    """The command to run does not exist (in the container, or in the store's namespace): 127, as shells."""
+
+    exit_code = 127

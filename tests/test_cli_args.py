@@ -81,3 +81,38 @@ def test_an_unexpected_exception_is_still_one_line_on_stdout(capsys, monkeypatch
     out, err = capsys.readouterr()
     assert out == "internal error: ZeroDivisionError: bug with two lines\n"
     assert "Traceback" in err
+
+
+def test_global_flags_after_the_command():
+    _, a = p("list", "--store", "/x", "--log-level=debug")
+    assert (a.store, a.log_level) == ("/x", "debug")
+    _, a = p("create", "img", "id", "--store", "/y")
+    assert (a.store, a.image, a.id) == ("/y", "img", "id")
+    _, a = p("enter", "--store", "/z", "--", "ls", "--store")
+    assert a.store == "/z" and a.cmd == ["ls", "--store"]
+
+
+def test_run_image_then_command():
+    _, a = p("run", "--rm", "-t", "--env", "A=1", "-e", "B", "--store", "/s", "img", "sh", "-c", "x")
+    assert (a.rm, a.tty, a.env, a.store, a.image, a.cmd) == (True, True, ["A=1", "B"], "/s", "img", ["sh", "-c", "x"])
+    _, a = p("run", "img", "--", "ls", "-l")
+    assert a.cmd == ["ls", "-l"] and a.name is None
+    _, a = p("run", "img")
+    assert a.cmd == []
+    with pytest.raises(UsageError):
+        p("run", "--rm")
+    assert p("run", "--help")[0] == "help:run"
+
+
+def test_platform_is_validated():
+    from rootless_groot.sources.base import ResolvedImage, check_platform, parse_platform
+    from rootless_groot.errors import ImageError
+
+    for bad in ("linux", "linux/amd46", "linus/amd64", "linux//v7"):
+        with pytest.raises(ImageError):
+            parse_platform(bad)
+    amd64 = ResolvedImage([], config={"os": "linux", "architecture": "amd64"})
+    check_platform(amd64, parse_platform("linux/amd64"), "img")
+    with pytest.raises(ImageError, match="built for linux/amd64, not for the requested platform linux/arm64"):
+        check_platform(amd64, parse_platform("linux/arm64"), "img")
+    check_platform(ResolvedImage([]), parse_platform("linux/arm64"), "a tarball has no config")

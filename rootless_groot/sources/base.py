@@ -64,12 +64,13 @@ class LayerDescriptor(Record):
 class ResolvedImage(Record):
     """What a source knows about an image before any layer is fetched."""
 
-    __slots__ = ("layers", "env", "manifest_digest", "config_digest")
-    _defaults = {"env": (), "manifest_digest": None, "config_digest": None}
+    __slots__ = ("layers", "env", "manifest_digest", "config_digest", "config")
+    _defaults = {"env": (), "manifest_digest": None, "config_digest": None, "config": None}
     layers: list[LayerDescriptor]  # base first
     env: list[str]
     manifest_digest: str | None
     config_digest: str | None
+    config: dict[str, Any] | None  # run_config(): what a runtime needs (None: a tarball, no config)
 
 
 if TYPE_CHECKING:
@@ -102,6 +103,11 @@ def parse_platform(text: str) -> dict[str, str]:
     parts = text.split("/")
     if len(parts) not in (2, 3) or not all(parts):
         raise ImageError(f"invalid platform `{text}`: expected OS/ARCH[/VARIANT]")
+    if parts[0] not in KNOWN_OS:
+        raise ImageError(f"invalid platform `{text}`: unknown OS `{parts[0]}` (one of {', '.join(KNOWN_OS)})")
+    if parts[1] not in KNOWN_ARCH:
+        raise ImageError(f"invalid platform `{text}`: unknown architecture `{parts[1]}` "
+                         f"(one of {', '.join(KNOWN_ARCH)})")
     return {"os": parts[0], "architecture": parts[1], "variant": parts[2] if len(parts) == 3 else ""}
 
 
@@ -189,4 +195,51 @@ def image_from_documents(manifest: dict[str, Any], config_bytes: bytes, config_d
     env = (config.get("config") or {}).get("Env") or []
     if not isinstance(env, list) or not all(isinstance(e, str) for e in env):
         raise ImageError(f"config of {what} has a malformed Env")
-    return ResolvedImage(layers, env, manifest_digest, config_digest)
+    return ResolvedImage(layers, env, manifest_digest, config_digest, run_config(config, what))
+
+
+RUN_KEYS = ("Entrypoint", "Cmd", "WorkingDir", "User")
+
+
+def run_config(config: dict[str, Any], what: str) -> dict[str, Any]:
+    """What ``run`` and ``bundle`` need from an image config, and its platform (checked
+    against ``--platform``): a small dict kept in the store with the image."""
+    inner = config.get("config") or {}
+    if not isinstance(inner, dict):
+        raise ImageError(f"config of {what} is malformed")
+    out: dict[str, Any] = {}
+    for key in RUN_KEYS:
+        value = inner.get(key)
+        if value is None:
+            continue
+        if key in ("Entrypoint", "Cmd"):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ImageError(f"config of {what} has a malformed {key}")
+        elif not isinstance(value, str):
+            raise ImageError(f"config of {what} has a malformed {key}")
+        out[key] = value
+    for key in ("os", "architecture", "variant"):
+        if isinstance(config.get(key), str) and config[key]:
+            out[key] = config[key]
+    return out
+
+
+KNOWN_OS = ("linux", "windows", "freebsd", "darwin")
+KNOWN_ARCH = ("amd64", "arm64", "arm", "386", "ppc64le", "ppc64", "s390x", "riscv64", "mips64le", "mips64",
+              "mipsle", "mips", "loong64", "wasm")
+
+
+def check_platform(image: ResolvedImage, want: dict[str, str], what: str) -> None:
+    """Refuse an image built for another platform than ``--platform`` asked for (a single-platform
+    image is not narrowed by an index, so without this it would be used whatever it is)."""
+    config = image.config or {}
+    have_os, have_arch = config.get("os"), config.get("architecture")
+    if not have_arch:
+        return  # a tarball, or a config that does not say: nothing to compare
+    have_variant = _norm_variant(have_arch, config.get("variant", ""))
+    want_variant = _norm_variant(want["architecture"], want.get("variant", ""))
+    if ((have_os and have_os != want["os"]) or have_arch != want["architecture"]
+            or (want_variant and have_variant and want_variant != have_variant)):
+        have = "/".join(v for v in (have_os, have_arch, config.get("variant")) if v)
+        asked = "/".join(v for v in (want["os"], want["architecture"], want.get("variant")) if v)
+        raise ImageError(f"{what} is built for {have}, not for the requested platform {asked}")

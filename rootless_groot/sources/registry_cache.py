@@ -38,6 +38,7 @@ def image_to_json(image: ResolvedImage) -> dict[str, Any]:
         "env": list(image.env),
         "manifest_digest": image.manifest_digest,
         "config_digest": image.config_digest,
+        "config": image.config or {},
     }
 
 
@@ -59,7 +60,11 @@ def image_from_json(doc: dict[str, Any]) -> ResolvedImage:
     env = doc["env"]
     if not layers or not isinstance(env, list) or not all(isinstance(e, str) for e in env):
         raise ValueError("env")
-    return ResolvedImage(layers, env, check_digest(doc["manifest_digest"]), check_digest(doc["config_digest"]))
+    config = doc["config"]  # a cache written before it was kept is unusable: resolved again
+    if not isinstance(config, dict):
+        raise ValueError("config")
+    return ResolvedImage(layers, env, check_digest(doc["manifest_digest"]), check_digest(doc["config_digest"]),
+                         config)
 
 
 def load_cached(store_root: str, key: str) -> tuple[ResolvedImage, str] | None:

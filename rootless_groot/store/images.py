@@ -21,7 +21,8 @@ IMAGE_SUBDIRS = ("diff", "work", "rootfs")  # upperdir, workdir, mountpoint
 class ImageInfo(Record):
     """What ``image.json`` records about one image."""
 
-    __slots__ = ("image_id", "layers", "env", "size", "mount", "quota", "exclude_image_from_quota")
+    __slots__ = ("image_id", "layers", "env", "size", "mount", "quota", "exclude_image_from_quota", "config")
+    _defaults = {"config": None}
     image_id: str
     layers: list[str]  # chain IDs, base first
     env: list[str]
@@ -29,11 +30,15 @@ class ImageInfo(Record):
     mount: bool  # whether the store keeps it mounted (False: --without-mount)
     quota: int
     exclude_image_from_quota: bool
+    config: dict | None  # the image config's Entrypoint, Cmd, WorkingDir, User (sources.base.run_config)
 
     def to_json(self) -> dict:
-        return {"id": self.image_id, "layers": self.layers, "env": self.env, "size": self.size,
-                "mount": self.mount, "quota": self.quota,
-                "exclude_image_from_quota": self.exclude_image_from_quota}
+        doc = {"id": self.image_id, "layers": self.layers, "env": self.env, "size": self.size,
+               "mount": self.mount, "quota": self.quota,
+               "exclude_image_from_quota": self.exclude_image_from_quota}
+        if self.config:
+            doc["config"] = self.config
+        return doc
 
 
 def check_id(image_id: str) -> None:
@@ -51,7 +56,8 @@ def read_image(ctx: StoreContext, image_id: str) -> ImageInfo:
         with open(path) as f:
             data = loads(f.read())
         return ImageInfo(data["id"], list(data["layers"]), list(data["env"]), int(data["size"]), bool(data["mount"]),
-                         int(data.get("quota", 0)), bool(data.get("exclude_image_from_quota", False)))
+                         int(data.get("quota", 0)), bool(data.get("exclude_image_from_quota", False)),
+                         data.get("config") if isinstance(data.get("config"), dict) else None)
     except FileNotFoundError:
         raise NotFound(f"Image `{image_id}` not found.") from None
     except (ValueError, KeyError, TypeError):
@@ -118,14 +124,14 @@ def runtime_spec(ctx: StoreContext, info: ImageInfo) -> dict:
 
 
 def create_image(ctx: StoreContext, image_id: str, layers: list[str], env: list[str], *, mount: bool,
-                 quota: int, exclude_image_from_quota: bool) -> ImageInfo:
+                 quota: int, exclude_image_from_quota: bool, config: dict | None = None) -> ImageInfo:
     """Assemble the image directory in ``tmp/``, rename it into ``images/``, then mount it."""
     store = ctx.store
     ctx.enter()
     size = sum(layer_size(ctx, c) for c in layers)
     for chain_id in layers:
         ensure_short_link(ctx, chain_id)
-    info = ImageInfo(image_id, layers, env, size, mount, quota, exclude_image_from_quota)
+    info = ImageInfo(image_id, layers, env, size, mount, quota, exclude_image_from_quota, config)
     work = make_temp_dir(store.tmp, f"image-{image_id[:32]}-")
     try:
         for sub in IMAGE_SUBDIRS:
