@@ -130,16 +130,13 @@ def main(argv: list[str] | None = None) -> int:
         return HANDLERS[args.command](args, cfg) or 0
     except GrootError as e:
         log.error("command-failed", error=str(e))
-        print(str(e).replace("\n", " "), flush=True)
-        return e.exit_code
+        return _fail(str(e), e.exit_code)
     except KeyboardInterrupt:
-        print("interrupted", flush=True)
-        return 130
+        return _fail("interrupted", 130)
     except OSError as e:
         log.error("command-failed", error=repr(e))
         where = f": {e.filename}" if e.filename else ""
-        print(f"{e.strerror or e}{where}", flush=True)
-        return 1
+        return _fail(f"{e.strerror or e}{where}", 1)
     except Exception as e:  # a bug: still one line on stdout; the traceback goes to the log
         import traceback
 
@@ -147,6 +144,21 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(traceback.format_exc())
         print(f"internal error: {type(e).__name__}: {e}".replace("\n", " "), flush=True)
         return 1
+
+
+def _fail(message: str, code: int) -> int:
+    """The error as one line on stdout (Garden's contract); also on stderr when that is a terminal
+    that does not show stdout already (``create ... > spec.json`` still shows it)."""
+    line = message.replace("\n", " ")
+    print(line, flush=True)
+    try:
+        if os.isatty(2):
+            out, err = os.fstat(1), os.fstat(2)
+            if (out.st_dev, out.st_ino, out.st_rdev) != (err.st_dev, err.st_ino, err.st_rdev):
+                sys.stderr.write(f"rootless-groot: error: {line}\n")
+    except OSError:
+        pass
+    return code
 
 
 def _open(cfg):

@@ -77,8 +77,11 @@ def load_yaml(path: str) -> dict[str, Any]:
 
     try:
         data = yaml.safe_load(text) or {}
-    except yaml.YAMLError:
-        raise UsageError(f"invalid config file: {path}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None)
+        raise UsageError(f"invalid config file: {path}:{where}{': ' + problem if problem else ''}") from None
     if not isinstance(data, dict):
         raise UsageError(f"invalid config file: {path}")
     values: dict[str, Any] = {}
@@ -127,6 +130,8 @@ def build(config_file: str | None, overrides: dict[str, Any]) -> Config:
         values[key] = value
     values["store"] = os.path.abspath(values.get("store") or default_store())
     cfg = Config(**values)
+    if cfg.log_level is not None and cfg.log_level.lower() not in ("debug", "info", "warn", "error", "fatal"):
+        raise UsageError(f"invalid log level `{cfg.log_level}`: use debug, info, error or fatal")
     if cfg.disk_limit_size_bytes < 0:
         raise UsageError("invalid argument: disk limit cannot be negative")
     if cfg.clean_threshold_bytes < 0:

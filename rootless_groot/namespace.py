@@ -88,7 +88,11 @@ def _start_keeper(store: Store) -> tuple[int, int]:
             status = ready.readline().strip()
             pid = int(line)
             if status != b"unshared":
-                raise NamespaceError(f"cannot create a user namespace: {status.decode(errors='replace')}")
+                from .hints import userns_problem
+
+                code = status.split(b" ", 1)[0]
+                raise NamespaceError(userns_problem(int(code)) if code.isdigit() else
+                                     f"cannot create a user namespace: {status.decode(errors='replace')}")
             return pid, go_w
     except ValueError:
         os.close(go_w)
@@ -113,7 +117,7 @@ def _keeper_main(ready_w: int, go_r: int, close_fds: tuple[int, int], store: Sto
     try:
         syscalls.unshare(syscalls.CLONE_NEWUSER | syscalls.CLONE_NEWNS)
     except OSError as e:
-        os.write(ready_w, f"{e.strerror}\n".encode())
+        os.write(ready_w, f"{e.errno} {e.strerror}\n".encode())
         os._exit(1)
     os.write(ready_w, b"unshared\n")
     os.close(ready_w)
@@ -125,6 +129,20 @@ def _keeper_main(ready_w: int, go_r: int, close_fds: tuple[int, int], store: Sto
     except OSError:
         pass
     os.execv(sleep_bin, [_keeper_argv0(store).decode(), "infinity"])
+
+
+def _check_apparmor() -> None:
+    """Fail early and clearly where AppArmor would leave our user namespace without capabilities."""
+    try:
+        with open("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") as f:
+            restricted = f.read(1) == "1"
+    except OSError:
+        return
+    if restricted:
+        from .hints import apparmor_advice, apparmor_blocks_us
+
+        if apparmor_blocks_us():
+            raise NamespaceError("cannot use user namespaces: " + apparmor_advice())
 
 
 def _write_mappings(pid: int, meta: StoreMeta, newuidmap: str, newgidmap: str) -> None:
@@ -171,6 +189,7 @@ def ensure_keeper(store: Store, meta: StoreMeta, newuidmap: str, newgidmap: str)
         pid = running_keeper(store)
         if pid is not None:
             return pid, False
+        _check_apparmor()
         pid, go_w = _start_keeper(store)
         try:
             _write_mappings(pid, meta, newuidmap, newgidmap)

@@ -58,9 +58,11 @@ class OCILayoutRef(Record):
 class TarballRef(Record):
     """A rootfs tarball on disk (a Cloud Foundry stack): one layer, cached by path, size and mtime."""
 
-    __slots__ = ("path",)
+    __slots__ = ("path", "given")
+    _defaults = {"given": None}
 
     path: str
+    given: str | None  # as the user wrote it (for hints)
 
     def __str__(self) -> str:
         return self.path
@@ -76,7 +78,7 @@ def parse_ref(text: str) -> DockerRef | OCILayoutRef | TarballRef:
         return _parse_oci(text[len("oci://"):])
     if "://" in text:
         raise UsageError(f"unsupported image reference `{text}`: use docker://, oci:// or a path to a tarball")
-    return TarballRef(os.path.abspath(text))
+    return TarballRef(os.path.abspath(text), text)
 
 
 def _parse_oci(rest: str) -> OCILayoutRef:

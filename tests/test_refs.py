@@ -45,8 +45,8 @@ def test_oci_layout_refs():
 
 def test_plain_paths_are_tarballs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert parse_ref("rootfs.tar") == TarballRef(str(tmp_path / "rootfs.tar"))
-    assert parse_ref("/abs/stack.tgz") == TarballRef("/abs/stack.tgz")
+    assert parse_ref("rootfs.tar") == TarballRef(str(tmp_path / "rootfs.tar"), "rootfs.tar")
+    assert parse_ref("/abs/stack.tgz") == TarballRef("/abs/stack.tgz", "/abs/stack.tgz")
 
 
 @pytest.mark.parametrize("name, ok", [

@@ -22,6 +22,7 @@ import time
 from typing import Any, Callable, Iterable
 from urllib.parse import urljoin, urlsplit
 
+from .. import log
 from ..errors import ImageError
 from .registry_hosts import ca_files_for, host_matches
 
@@ -229,7 +230,8 @@ class Transport:
                 resp = self._follow(method, url, dict(headers or {}), auth_for, stream)
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                     requests.exceptions.ChunkedEncodingError) as e:
-                if retry and attempt < RETRIES:
+                if retry and attempt < RETRIES and not _unresolvable(e):  # a name that does not resolve: at once
+                    log.info("registry.retry", url=url, attempt=attempt + 1, reason=_conn_reason(e))
                     self.sleep(retry_delay(None, attempt))
                     attempt += 1
                     continue
@@ -286,6 +288,23 @@ def _ssl_reason(text: str) -> str:
         if marker.lower() in text.lower():
             return marker
     return "verification failed"
+
+
+def _unresolvable(e: BaseException) -> bool:
+    """Whether a connection error comes from a host name that does not resolve (DNS says so:
+    retrying only makes the user wait, as podman and curl know)."""
+    import socket
+
+    todo: list = [e]
+    for _ in range(12):
+        if not todo:
+            break
+        item = todo.pop()
+        if isinstance(item, socket.gaierror) or type(item).__name__ == "NameResolutionError":
+            return True
+        todo += [x for x in (getattr(item, "reason", None), item.__cause__, item.__context__,
+                             *(item.args[:1] if isinstance(item, BaseException) else ())) if isinstance(x, BaseException)]
+    return False
 
 
 def _conn_reason(e: Exception) -> str:

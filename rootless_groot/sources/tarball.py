@@ -26,11 +26,16 @@ class TarballSource:
         try:
             st = os.stat(path)
         except FileNotFoundError:
-            raise NotFound(f"image `{self.ref.path}` not found: no such file") from None
+            from ..hints import tarball_hint
+
+            raise NotFound(f"image `{self.ref.path}` not found: no such file"
+                           f"{tarball_hint(self.ref.given, self.ref.path)}") from None
         except PermissionError:
             raise ImageError(f"cannot read `{self.ref.path}`: permission denied") from None
         if not os.path.isfile(path):
-            raise ImageError(f"`{self.ref.path}` is not a tarball file")
+            from ..hints import tarball_hint
+
+            raise ImageError(f"`{self.ref.path}` is not a tarball file{tarball_hint(self.ref.given, path)}")
         key = sha256_hex(f"{path}-{st.st_size}-{st.st_mtime_ns}".encode())
         layer = LayerDescriptor(key, None, None, None, "application/vnd.oci.image.layer.v1.tar")
         return ResolvedImage([layer])

@@ -101,10 +101,12 @@ def init_store(config: Config, uid_mappings, gid_mappings, explicit: bool) -> St
     meta = StoreMeta(owner_uid, owner_gid, tuple(uid_mappings), tuple(gid_mappings), rootless)
     try:
         os.makedirs(store.root, mode=0o700, exist_ok=True)
-    except PermissionError:
-        raise StoreError(f"cannot create store {store.root}: permission denied") from None
-    os.chmod(store.root, 0o700)
-    _make_subdirs(store)
+        os.chmod(store.root, 0o700)
+        _make_subdirs(store)
+    except OSError as e:
+        from ..hints import store_problem
+
+        raise StoreError(store_problem(store.root) or f"cannot create store {store.root}: {e.strerror}") from None
     store.write_meta(meta)
     if not rootless and (owner_uid, owner_gid) != (0, 0):
         for path in [store.root, store.meta_path, *(os.path.join(store.root, d) for d in SUBDIRS)]:

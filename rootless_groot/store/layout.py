@@ -98,10 +98,15 @@ class Store:
         try:
             with open(self.meta_path) as f:
                 data = loads(f.read())
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError, PermissionError) as e:
+            from ..hints import store_problem
+
+            problem = store_problem(self.root)
+            if problem:
+                raise StoreError(problem) from None
+            if isinstance(e, PermissionError):
+                raise StoreError(f"store {self.root} belongs to another user") from None
             raise StoreError(f"no store found at {self.root}") from None
-        except PermissionError:
-            raise StoreError(f"store {self.root} belongs to another user") from None
         except ValueError:
             raise StoreError(f"store metadata {self.meta_path} is corrupt") from None
         return StoreMeta.from_json(data, self.meta_path)
