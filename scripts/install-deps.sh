@@ -24,6 +24,7 @@ pkgs=(
     gcc libc6-dev     # the setuid launcher of the privileged helper
     ca-certificates
     openssl           # self-signed certificates for the registry TLS tests
+    bubblewrap        # a sandbox without user namespaces (bwrap --disable-userns)
 )
 if [ "${INSTALL_BENCH_DEPS:-0}" = 1 ]; then
     pkgs+=(podman debootstrap)
