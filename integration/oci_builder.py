@@ -486,6 +486,62 @@ def corrupt_blob(layout_path, digest: str, how: str = "flip") -> Path:
     return bp
 
 
+# --------------------------------------------------------------------------- Garden's preloaded+layer
+
+
+GARDEN_BASE_DIR_ANNOTATION = "org.cloudfoundry.experimental.image.base-directory"
+
+
+def go_json(obj) -> bytes:
+    """Compact JSON in the given key order, as Go's encoding/json writes structs."""
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def write_garden_layout(image_dir, rootfs_tar, layer_url: str, layer_digest_hex: str,
+                        layer_path: str = "/home/vcap") -> Layout:
+    """The OCI layout Garden (guardian's imageplugin) writes for
+    ``preloaded+layer://<rootfs_tar>?layer=<url>&layer_path=<dir>&layer_digest=<hex>``,
+    then hands to the image plugin as ``oci://<image_dir>``:
+
+    - no ``oci-layout`` file; index.json, manifest and config mode 0600, every descriptor size 0;
+    - base layer: "digest" sha256("<tar path>-<mtime ns>"), type ``...layer.v1.tar``, the blob a
+      symlink to the (uncompressed) rootfs tar;
+    - top layer: digest ``sha256:<layer_digest>``, type ``...tar+gzip``, only in ``urls``,
+      annotated with the base directory;
+    - config: amd64/linux, ``rootfs.diff_ids`` = the same two digests (so the diffIDs are not
+      the layers' real ones: Garden's users set ``skip_layer_validation``).
+    """
+    image_dir = Path(image_dir)
+    blobs = image_dir / "blobs" / "sha256"
+    blobs.mkdir(parents=True, exist_ok=True)
+    rootfs_tar = str(rootfs_tar)
+    mtime_ns = os.stat(rootfs_tar).st_mtime_ns
+    base_hex = hashlib.sha256(f"{rootfs_tar}-{mtime_ns}".encode()).hexdigest()
+    config = go_json({"architecture": "amd64", "os": "linux", "config": {},
+                      "rootfs": {"type": "layers", "diff_ids": [f"sha256:{base_hex}", f"sha256:{layer_digest_hex}"]}})
+    config_hex = hashlib.sha256(config).hexdigest()
+    (blobs / config_hex).write_bytes(config)
+    os.chmod(blobs / config_hex, 0o600)
+    link = blobs / base_hex
+    if link.is_symlink():
+        link.unlink()
+    os.symlink(rootfs_tar, link)
+    manifest = go_json({"schemaVersion": 2,
+                        "config": {"mediaType": OCI_CONFIG, "digest": f"sha256:{config_hex}", "size": 0},
+                        "layers": [{"mediaType": OCI_LAYER, "digest": f"sha256:{base_hex}", "size": 0},
+                                   {"mediaType": OCI_LAYER_GZIP, "digest": f"sha256:{layer_digest_hex}", "size": 0,
+                                    "urls": [layer_url],
+                                    "annotations": {GARDEN_BASE_DIR_ANNOTATION: layer_path}}]})
+    manifest_hex = hashlib.sha256(manifest).hexdigest()
+    (blobs / manifest_hex).write_bytes(manifest)
+    os.chmod(blobs / manifest_hex, 0o600)
+    index = {"schemaVersion": 2, "manifests": [{"mediaType": OCI_MANIFEST, "digest": f"sha256:{manifest_hex}",
+                                                 "size": 0}]}
+    (image_dir / "index.json").write_bytes(go_json(index))
+    os.chmod(image_dir / "index.json", 0o600)
+    return Layout(image_dir, index, {})
+
+
 # --------------------------------------------------------------------------- rootfs tarballs
 
 

@@ -57,7 +57,7 @@ COMMANDS = {c.name: c for c in [
     Command("create", "make a root filesystem for a container from an image", [
         Opt("--disk-limit-size-bytes", "int", help="disk limit for image + writes (see docs/quota.md)", metavar="N"),
         Opt("--exclude-image-from-quota", "true", help="count only the container's writes against the limit"),
-        Opt("--skip-layer-validation", "true", help="do not check layers' diffIDs"),
+        Opt("--skip-layer-validation", "true", help="oci:// only: do not check layers' sizes and digests (GrootFS)"),
         Opt("--with-clean", "true", help="run clean before creating"),
         Opt("--without-clean", "false", dest="with_clean", help="do not run clean first (default)"),
         Opt("--threshold-bytes", "int", help="clean only above this store size", metavar="N"),
@@ -391,6 +391,7 @@ def _registry_options(args: Args, cfg) -> dict[str, Any]:
         "store_root": cfg.store,
         "pull_policy": getattr(args, "pull_policy", None),
         "progress": not getattr(args, "quiet", False) and sys.stderr.isatty(),
+        "skip_layer_validation": getattr(cfg, "skip_layer_validation", False),
     }
 
 

@@ -9,10 +9,11 @@ if TYPE_CHECKING:
 
 
 def open_source(ref: DockerRef | OCILayoutRef | TarballRef, platform: dict[str, str] | None = None, **registry_options) -> ImageSource:
+    skip_validation = bool(registry_options.pop("skip_layer_validation", False))  # GrootFS: oci:// only
     if isinstance(ref, OCILayoutRef):
         from .oci_layout import OCILayoutSource
 
-        return OCILayoutSource(ref, platform)
+        return OCILayoutSource(ref, platform, skip_validation)
     if isinstance(ref, TarballRef):
         from .tarball import TarballSource
 

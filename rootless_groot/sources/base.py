@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from ..digests import chain_ids, check_digest
+from ..digests import chain_ids, check_digest, sha256_hex
 from ..errors import ImageError
 from ..jsonutil import loads_strict
 from ..record import Record
@@ -41,19 +41,26 @@ LAYER_TYPES = {
     "application/vnd.docker.image.rootfs.diff.tar",
 }
 MAX_DOCUMENT = 4 << 20  # manifests, indexes and configs larger than this are refused
+# Cloud Foundry's layer annotation (Garden's preloaded+layer images): unpack the layer under this dir
+BASE_DIR_ANNOTATION = "org.cloudfoundry.experimental.image.base-directory"
 
 
 class LayerDescriptor(Record):
     """One layer: what to fetch, what it must hash to, and its cache key."""
 
-    __slots__ = ("chain_id", "digest", "size", "diff_id", "media_type", "urls")
-    _defaults = {"urls": ()}
+    __slots__ = ("chain_id", "digest", "size", "diff_id", "media_type", "urls", "base_dir", "verify_digest",
+                 "verify_size", "verify_diff_id")
+    _defaults = {"urls": (), "base_dir": None, "verify_digest": True, "verify_size": True, "verify_diff_id": True}
     chain_id: str
     digest: str | None  # of the blob as stored (None: nothing to check, e.g. a local tarball)
     size: int | None
     diff_id: str | None  # of the uncompressed tar, from the image config
     media_type: str
     urls: tuple[str, ...]
+    base_dir: str | None  # CF's base-directory annotation: the entries go under this dir ("home/vcap")
+    verify_digest: bool  # False: the digest names the blob but is not checked (--skip-layer-validation)
+    verify_size: bool
+    verify_diff_id: bool
 
     @property
     def name(self) -> str:
@@ -191,7 +198,8 @@ def image_from_documents(manifest: dict[str, Any], config_bytes: bytes, config_d
         urls = layer_doc.get("urls") or []
         if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
             raise ImageError(f"layer {digest} of {what} has malformed urls")
-        layers.append(LayerDescriptor(chain, digest, size, diff_id, media_type, tuple(urls)))
+        base_dir = _base_dir(layer_doc.get("annotations"), f"layer {digest} of {what}")
+        layers.append(LayerDescriptor(chain, digest, size, diff_id, media_type, tuple(urls), base_dir))
     env = (config.get("config") or {}).get("Env") or []
     if not isinstance(env, list) or not all(isinstance(e, str) for e in env):
         raise ImageError(f"config of {what} has a malformed Env")
@@ -243,3 +251,27 @@ def check_platform(image: ResolvedImage, want: dict[str, str], what: str) -> Non
         have = "/".join(v for v in (have_os, have_arch, config.get("variant")) if v)
         asked = "/".join(v for v in (want["os"], want["architecture"], want.get("variant")) if v)
         raise ImageError(f"{what} is built for {have}, not for the requested platform {asked}")
+
+
+def _base_dir(annotations: Any, what: str) -> str | None:
+    """The base-directory annotation as a relative path ("home/vcap"), None for "/" or none."""
+    if not isinstance(annotations, dict) or BASE_DIR_ANNOTATION not in annotations:
+        return None
+    value = annotations[BASE_DIR_ANNOTATION]
+    if not isinstance(value, str) or "\x00" in value:
+        raise ImageError(f"{what}: invalid base directory annotation")
+    parts = [p for p in value.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ImageError(f"{what}: invalid base directory `{value}`")
+    return "/".join(parts) or None
+
+
+def rechain(layers: list[LayerDescriptor], keys: list[str]) -> list[LayerDescriptor]:
+    """The layers with chain IDs recomputed from per-layer keys (hex), GrootFS's formula."""
+    out: list[LayerDescriptor] = []
+    parent = None
+    for layer, key in zip(layers, keys):
+        chain = key if parent is None else sha256_hex(f"{parent} {key}".encode())
+        out.append(layer.replace(chain_id=chain))
+        parent = chain
+    return out

@@ -117,7 +117,7 @@ class Transport:
     """One per source. ``insecure`` hosts may use plain http or unverified TLS."""
 
     def __init__(self, insecure: Iterable[str] = (), ca_file: str | None = None,
-                 sleep: Callable[[float], None] | None = None):
+                 sleep: Callable[[float], None] | None = None, allow_http: bool = False):
         import requests  # noqa: F401 - the one place the pull flow pays for it
 
         if insecure:  # the user asked for it by name (--insecure-registry): no warning per request
@@ -127,6 +127,7 @@ class Transport:
 
             warnings.simplefilter("ignore", InsecureRequestWarning)
         self.insecure = tuple(insecure)
+        self.allow_http = allow_http  # layer ``urls`` (GrootFS fetches them over http too): digest-checked
         self.ca_file = ca_file
         self.sleep = sleep or (lambda seconds: time.sleep(seconds))
         self._contexts: dict[str, ssl.SSLContext] = {}
@@ -255,7 +256,7 @@ class Transport:
             scheme, host = origin(url)
             if scheme not in ("https", "http"):
                 raise ImageError(f"refusing to fetch {scheme}:// URL from a registry")
-            if scheme == "http" and not self.is_insecure(host):
+            if scheme == "http" and not self.allow_http and not self.is_insecure(host):
                 raise ImageError(f"refusing plain HTTP to {host}: use --insecure-registry {host} to allow it")
             hop = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             hop.setdefault("Accept-Encoding", "identity")
@@ -273,7 +274,7 @@ class Transport:
             new_url = urljoin(url, location)
             new_scheme, new_host = origin(new_url)
             if scheme == "https" and new_scheme == "http":
-                if not self.is_insecure(new_host):
+                if not self.allow_http and not self.is_insecure(new_host):
                     raise ImageError(f"registry {host} redirected to plain HTTP ({new_host}): refused")
                 downgraded = True
             if resp.status_code == 303:

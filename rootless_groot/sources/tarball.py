@@ -1,7 +1,9 @@
 """A rootfs tarball on disk (a Cloud Foundry stack): one layer, plain or compressed.
 
-It has no digest to check, so its cache key is GrootFS-like: a hash of the real path, size
-and mtime. A changed tarball gets a new key and is unpacked again; ``clean`` drops the old.
+It has no digest to check, so its cache key is GrootFS-like: a hash of the real path, size,
+mtime, and (better than GrootFS) inode and ctime, so a tarball replaced with its mtime kept
+(``cp -p``, ``rsync -t``) is noticed too. A changed tarball gets a new key and is unpacked
+again; ``clean`` drops the old. Garden's preloaded+layer base layer gets the same key.
 """
 from __future__ import annotations
 
@@ -36,8 +38,7 @@ class TarballSource:
             from ..hints import tarball_hint
 
             raise ImageError(f"`{self.ref.path}` is not a tarball file{tarball_hint(self.ref.given, path)}")
-        key = sha256_hex(f"{path}-{st.st_size}-{st.st_mtime_ns}".encode())
-        layer = LayerDescriptor(key, None, None, None, "application/vnd.oci.image.layer.v1.tar")
+        layer = LayerDescriptor(file_key(path, st), None, None, None, "application/vnd.oci.image.layer.v1.tar")
         return ResolvedImage([layer])
 
     def open_blob(self, layer: LayerDescriptor) -> BinaryIO:
@@ -48,3 +49,8 @@ class TarballSource:
 
     def close(self) -> None:
         pass
+
+
+def file_key(real_path: str, st: os.stat_result) -> str:
+    """The cache key of a layer that is a local file with no content digest."""
+    return sha256_hex(f"{real_path}-{st.st_size}-{st.st_mtime_ns}-{st.st_dev}-{st.st_ino}-{st.st_ctime_ns}".encode())

@@ -47,14 +47,23 @@ def ensure_layers(ctx: StoreContext, source: ImageSource, layers: list[LayerDesc
     if not missing:
         return
     ctx.enter()
-    shares = _share_out(missing, min(len(missing), os.cpu_count() or 2))
-    if len(shares) == 1:
-        install_layers(ctx, source, shares[0], max_layer_size)
-        return
-    errors = _run_forked([_task(ctx, source, share, max_layer_size) for share in shares], len(shares))
-    for message in errors:
-        if message is not None:
-            raise LayerError(message)
+    # A layer with a base directory (CF's droplet) copies that directory's owner and mode from
+    # the layers below it, so it is unpacked after them, one at a time.
+    based = [layer for layer in missing if layer.base_dir]
+    missing = [layer for layer in missing if not layer.base_dir]
+    if missing:
+        shares = _share_out(missing, min(len(missing), os.cpu_count() or 2))
+        if len(shares) == 1:
+            install_layers(ctx, source, shares[0], max_layer_size)
+        else:
+            errors = _run_forked([_task(ctx, source, share, max_layer_size) for share in shares], len(shares))
+            for message in errors:
+                if message is not None:
+                    raise LayerError(message)
+    if based:
+        chains = [layer.chain_id for layer in layers]
+        lowers = {c: chains[:i][::-1] for i, c in enumerate(chains)}
+        install_layers(ctx, source, based, max_layer_size, lowers)
 
 
 def _share_out(layers: list[LayerDescriptor], workers: int) -> list[list[LayerDescriptor]]:
@@ -77,7 +86,7 @@ def _task(ctx: StoreContext, source: ImageSource, share: list[LayerDescriptor],
 
 
 def install_layers(ctx: StoreContext, source: ImageSource, layers: list[LayerDescriptor],
-                   max_layer_size: int | None = None) -> None:
+                   max_layer_size: int | None = None, lowers: dict[str, list[str]] | None = None) -> None:
     """Unpack layers into ``tmp/`` and install them: one ``syncfs``, then one rename each.
 
     Each layer's lock is held from the check to the rename. A layer whose lock another
@@ -101,7 +110,7 @@ def install_layers(ctx: StoreContext, source: ImageSource, layers: list[LayerDes
                 os.close(lock)
                 continue
             try:
-                work, meta = _unpack(ctx, source, layer, max_layer_size)
+                work, meta = _unpack(ctx, source, layer, max_layer_size, (lowers or {}).get(layer.chain_id, ()))
             except BaseException as e:
                 os.close(lock)
                 failure = e
@@ -119,7 +128,7 @@ def install_layers(ctx: StoreContext, source: ImageSource, layers: list[LayerDes
         with flocked(ctx.store.lock_path(f"layer-{layer.chain_id}")):
             if os.path.isdir(ctx.store.layer_dir(layer.chain_id)):
                 continue
-            work, meta = _unpack(ctx, source, layer, max_layer_size)
+            work, meta = _unpack(ctx, source, layer, max_layer_size, (lowers or {}).get(layer.chain_id, ()))
             try:
                 _install(ctx, [(layer, -1, work, meta)])
             finally:
@@ -128,23 +137,28 @@ def install_layers(ctx: StoreContext, source: ImageSource, layers: list[LayerDes
 
 
 def _unpack(ctx: StoreContext, source: ImageSource, layer: LayerDescriptor,
-            max_size: int | None = None) -> tuple[str, dict]:
-    """Unpack and verify one layer into a new ``tmp/`` directory; (that directory, its metadata)."""
+            max_size: int | None = None, lowers: list[str] | tuple[str, ...] = ()) -> tuple[str, dict]:
+    """Unpack and verify one layer into a new ``tmp/`` directory; (that directory, its metadata).
+
+    ``lowers``: chain IDs of the layers below it, top first (only a base-directory layer needs them).
+    """
     from ..layers.pipeline import unpack_blob
 
     started = time.monotonic()
     work = make_temp_dir(ctx.store.tmp, f"layer-{layer.chain_id[:12]}-")
+    chown = ctx.meta.rootless or os.geteuid() == 0
     try:
         diff = os.path.join(work, "diff")
         os.mkdir(diff, 0o755)
+        dest = _make_base_dir(ctx, diff, layer, lowers, chown) if layer.base_dir else diff
         with source.open_blob(layer) as raw:
             result = unpack_blob(
                 raw,
-                diff,
-                digest=layer.digest,
-                size=layer.size,
-                diff_id=None if ctx.config.skip_layer_validation else layer.diff_id,
-                chown=ctx.meta.rootless or os.geteuid() == 0,
+                dest,
+                digest=layer.digest if layer.verify_digest else None,
+                size=layer.size if layer.verify_size else None,
+                diff_id=layer.diff_id if layer.verify_diff_id else None,
+                chown=chown,
                 allow_devices=not ctx.meta.rootless,
                 id_translate=ctx.id_translate(),
                 what=layer.name,
@@ -165,6 +179,33 @@ def _unpack(ctx: StoreContext, source: ImageSource, layer: LayerDescriptor,
     log.info("layer.unpacked", layer=layer.name, chain_id=layer.chain_id, size=result.size,
              entries=result.entries, seconds=round(time.monotonic() - started, 3))
     return work, meta
+
+
+def _make_base_dir(ctx: StoreContext, diff: str, layer: LayerDescriptor, lowers, chown: bool) -> str:
+    """Create ``layer.base_dir`` in the new layer, each component with the owner and mode it has
+    in the nearest layer below that holds it (GrootFS copies them from the parent layer), so
+    the droplet does not change who owns ``/home/vcap``. Returns the directory to unpack into."""
+    import stat
+
+    assert layer.base_dir
+    path, rel = diff, ""
+    for part in layer.base_dir.split("/"):
+        rel = f"{rel}/{part}" if rel else part
+        st = None
+        for chain_id in lowers:
+            try:
+                st = os.lstat(os.path.join(ctx.store.layer_diff(chain_id), rel))
+                break
+            except FileNotFoundError:
+                continue
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            raise LayerError(f"{layer.name}: base directory /{rel} not found in the layers below it")
+        path = os.path.join(path, part)
+        os.mkdir(path, 0o700)
+        if chown:
+            os.lchown(path, st.st_uid, st.st_gid)
+        os.chmod(path, stat.S_IMODE(st.st_mode))
+    return path
 
 
 def _install(ctx: StoreContext, batch: list[tuple[LayerDescriptor, int, str, dict]]) -> None:
