@@ -49,6 +49,7 @@ test-venv:
 	    --exclude=__pycache__ -cf - . | tar -C $$src -xf -; \
 	$(TEST_PY) -m pip install -q "$$src[test]"; \
 	$(TEST_PY) -m pip install -q --no-deps --force-reinstall "$$src"; \
+	bash scripts/fast-entry.sh $(TEST_VENV)/bin/rootless-groot; \
 	chmod -R a+rX $(TEST_VENV)
 
 run:

@@ -278,3 +278,23 @@ def test_clean_removes_exactly_the_unused_layers(cli, store_dir, user_tmp):
     spec = json.loads(cli("--store", store_dir, "create", "--without-mount", lay.uri("a"), "again").stdout)
     assert len(layer_dirs(store_dir)) == 2  # nothing had to be unpacked again
     assert spec["mounts"]
+
+
+def test_unmounted_image_with_files_only_the_namespace_can_read(cli, store_dir, rich_layout, as_user):
+    """stats and delete of a --without-mount image work from outside the store's namespace,
+    and join it when the container left a directory the user cannot read or empty."""
+    lay, _ = rich_layout
+    create(cli, store_dir, lay.uri("v1"), "c1", "--without-mount")
+    diff = os.path.join(store_dir, "images", "c1", "diff")
+    empty = json.loads(cli("--store", store_dir, "stats", "c1").stdout)["disk_usage"]
+    # what a container running as uid 33 leaves in its upper dir: a private dir of its own
+    cli("--store", store_dir, "enter", "--", "/bin/sh", "-c",
+        f"mkdir {diff}/private && dd if=/dev/zero of={diff}/private/blob bs=1024 count=1024 2>/dev/null && "
+        f"chown -R 33:33 {diff}/private && chmod 700 {diff}/private")
+    unreadable = as_user(["ls", f"{diff}/private"], check=False)
+    assert unreadable.returncode != 0  # the user alone cannot walk it
+    after = json.loads(cli("--store", store_dir, "stats", "c1").stdout)["disk_usage"]
+    assert after["exclusive_bytes_used"] - empty["exclusive_bytes_used"] >= 1024 * 1024
+    assert cli("--store", store_dir, "delete", "c1").stdout == "Image c1 deleted\n"
+    assert not os.path.exists(os.path.join(store_dir, "images", "c1"))
+    assert os.listdir(os.path.join(store_dir, "tmp")) == []

@@ -203,6 +203,9 @@ def _open_or_init(cfg):
 
         uids, gids = default_mappings() if os.geteuid() != 0 else ((), ())
         init_store(cfg, uids, gids, explicit=False)
+        ctx = _open(cfg)
+        ctx.start_keeper()  # now, while this process is small: the keeper's fork copies its pages
+        return ctx
     return _open(cfg)
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 import errno
 import os
 
-from . import log, syscalls
+from . import log
 from .errors import GrootError
+
+# syscalls (ctypes) is imported by the functions that mount: overlay_options is on the warm
+# path of every create --without-mount, and ctypes costs ~2 ms to import.
 
 PAGE_LIMIT = 4000  # the kernel copies at most one page of classic mount options
 
@@ -39,6 +42,8 @@ def mount_overlay(
     if len(data) > PAGE_LIMIT:
         raise GrootError(f"mounting overlay at {target}: {new_api_error.strerror} "
                          f"({len(names)} layers are too many for this kernel's classic mount options)")
+    from . import syscalls
+
     cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
     try:
         os.chdir(base)
@@ -51,6 +56,8 @@ def mount_overlay(
 
 
 def _mount_new_api(lowerdirs: list[str], upper: str, work: str, target: str, userxattr: bool) -> None:
+    from . import syscalls
+
     fs_fd = syscalls.fsopen("overlay")
     try:
         for lower in lowerdirs:
@@ -79,6 +86,8 @@ def is_mountpoint(path: str) -> bool:
 
 def unmount(target: str) -> None:
     """Unmount ``target``; lazily if a process still uses it; nothing if it is not mounted."""
+    from . import syscalls
+
     try:
         syscalls.umount2(target, 0)
     except OSError as e:

@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import grootfs
 from . import images as images_mod
 from .peers import podman_check
 from .registry import Registry
@@ -40,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="unprivileged user to measure as when started as root (default rgtest)")
     p.add_argument("--cli", default=None, help="rootless-groot entry point to measure "
                    "(default: the one next to this python)")
+    p.add_argument("--grootfs", default=None, help="GrootFS binary to compare with, a setuid tardis next to it "
+                   f"(default $RG_BENCH_GROOTFS or {grootfs.DEFAULT_BIN}; skipped when absent)")
     p.add_argument("--keep", action="store_true", help="keep the run directory")
     p.add_argument("--work", default=None, help=argparse.SUPPRESS)  # the user phase's run dir
     return p
@@ -92,6 +95,10 @@ def root_phase(args) -> int:
         env.append("PYTHONPATH=" + pkg_parent)  # a bench run from a checkout (the CLI still runs clean)
     log(f"measuring as {args.user} ({user.pw_uid}) in {work}")
     try:
+        if "grootfs" in _scenarios(args.only):
+            reps = Reps.quick_run() if args.quick else Reps()
+            grootfs.root_setup(work, user, args.grootfs,
+                               {"cold": reps.cold + 2, "memory": reps.memory + 1, "warm": 1})
         rc = subprocess.call(["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups",
                               "--reset-env", "env", *env, *argv], stdin=subprocess.DEVNULL)
         for name in ("report.txt", "results.json"):
@@ -101,6 +108,7 @@ def root_phase(args) -> int:
                 os.chmod(dest, 0o644)
         return rc
     finally:
+        grootfs.root_teardown(work)
         if not args.keep:
             subprocess.run(["rm", "-rf", "--one-file-system", str(work)], check=False)
 
@@ -126,7 +134,7 @@ def user_phase(args) -> int:
         b.podman_problem = podman_check(work, b.home)
         if b.podman_problem:
             log(f"podman cannot run here: {b.podman_problem}")
-        needs = {"cold": "debian", "memory": "debian", "syncfs": "debian", "warm": "debian", "parallel": "debian",
+        needs = {"grootfs": "debian", "cold": "debian", "memory": "debian", "syncfs": "debian", "warm": "debian", "parallel": "debian",
                  "scale": "debian", "layers": "layers128", "smallfiles": "smallfiles"}
         for name in names:
             if needs.get(name) and needs[name] not in imgs:
@@ -163,7 +171,8 @@ def _header(b: Bench, seconds: float) -> str:
             f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, kernel {uname.release}, "
             f"user {pwd.getpwuid(os.getuid()).pw_name}, run dir {b.work} ({_fstype(b.work)})\n"
             f"peers: {version(['podman', '--version'])}; {version(['skopeo', '--version'])}; "
-            f"{version(['umoci', '--version'])}; {version(['/usr/bin/python3', '--version'])}")
+            f"{version(['umoci', '--version'])}; {b.info.get('grootfs.version', 'GrootFS not measured')}; "
+            f"{version(['/usr/bin/python3', '--version'])}")
 
 
 def _fstype(path: Path) -> str:

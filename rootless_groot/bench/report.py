@@ -36,6 +36,8 @@ def _rows(b) -> list[tuple[str, list[tuple[str, str]]]]:
             ("syncfs.calls", "syncfs calls per create"),
             ("syncfs.call_s", "one syncfs call"),
             ("memory.rg", "peak RSS, any rootless-groot process"),
+            ("memory.rg_sum", "peak RSS, rootless-groot processes summed"),
+            ("memory.rg_pss", "peak of summed PSS, rootless-groot processes"),
             ("memory.podman", "peak RSS, any podman process"),
         ]),
         ("warm, debian image cached", [
@@ -67,6 +69,29 @@ def _rows(b) -> list[tuple[str, list[tuple[str, str]]]]:
             ("layers.128", "rootless-groot create, 128 layers"),
             ("layers.podman2", "podman pull, 2 layers"),
             ("layers.podman128", "podman pull, 128 layers"),
+        ]),
+        ("GrootFS vs rootless-groot: both rootless, stores on one loop-mounted XFS, debian image", [
+            ("grootfs.cold.rg", "rootless-groot create --without-mount (fresh store)"),
+            ("grootfs.cold.gfs", "GrootFS create --without-mount (empty store)"),
+            ("grootfs.floor.isal_tar", "floor: igzip -dc | tar -x, layers in parallel"),
+            ("grootfs.memory.rg", "peak RSS, any rootless-groot process (cold)"),
+            ("grootfs.memory.rg_sum", "peak RSS, rootless-groot processes summed"),
+            ("grootfs.memory.rg_pss", "peak of summed PSS, rootless-groot processes"),
+            ("grootfs.memory.gfs", "peak RSS, any GrootFS process (cold)"),
+            ("grootfs.memory.gfs_sum", "peak RSS, GrootFS processes summed"),
+            ("grootfs.memory.gfs_pss", "peak of summed PSS, GrootFS processes"),
+            ("grootfs.python3_IS", "floor: /usr/bin/python3 -I -S -c pass"),
+            ("grootfs.python3", "/usr/bin/python3 -c pass"),
+            ("grootfs.rg.create_nomount", "rootless-groot create --without-mount (warm)"),
+            ("grootfs.rg.create_mount", "rootless-groot create, mounted (warm)"),
+            ("grootfs.gfs.create", "GrootFS create --without-mount (warm)"),
+            ("grootfs.rg.delete_nomount", "rootless-groot delete (not mounted)"),
+            ("grootfs.rg.delete_mount", "rootless-groot delete (mounted)"),
+            ("grootfs.gfs.delete", "GrootFS delete"),
+            ("grootfs.rg.stats", "rootless-groot stats"),
+            ("grootfs.gfs.stats", "GrootFS stats"),
+            ("grootfs.rg.list", "rootless-groot list (2 images)"),
+            ("grootfs.gfs.list", "GrootFS list (2 images)"),
         ]),
         (f"many small files ({desc('smallfiles')}), cold", [
             ("smallfiles.rg", "rootless-groot create"),
@@ -106,6 +131,45 @@ def _targets(b) -> list[tuple[str, str, str | tuple, float]]:
     return t
 
 
+def _targets_grootfs() -> list[tuple[str, str, str | tuple | None, float]]:
+    """Issue 12: against GrootFS in the same run (rootless GrootFS cannot mount: its create is
+    always --without-mount, so both of our creates are held against that)."""
+    return [
+        ("cold create / GrootFS cold create", "grootfs.cold.rg", "grootfs.cold.gfs", 0.5),
+        ("warm create --without-mount / GrootFS create", "grootfs.rg.create_nomount", "grootfs.gfs.create", 0.8),
+        ("warm create mounted / GrootFS create", "grootfs.rg.create_mount", "grootfs.gfs.create", 0.8),
+        ("delete (not mounted) / GrootFS delete", "grootfs.rg.delete_nomount", "grootfs.gfs.delete", 0.8),
+        ("delete (mounted) / GrootFS delete", "grootfs.rg.delete_mount", "grootfs.gfs.delete", 0.8),
+        ("stats / GrootFS stats", "grootfs.rg.stats", "grootfs.gfs.stats", 0.8),
+        ("list / GrootFS list", "grootfs.rg.list", "grootfs.gfs.list", 0.8),
+        ("peak RSS of any process, cold create (MiB)", "memory.rg", None, 50),
+        ("peak RSS summed over processes, cold create (MiB)", "memory.rg_sum", None, 100),
+        ("peak of summed PSS, cold create (MiB)", "memory.rg_pss", None, 100),
+        ("  on XFS next to GrootFS: any process", "grootfs.memory.rg", None, 50),
+        ("  on XFS next to GrootFS: RSS summed", "grootfs.memory.rg_sum", None, 100),
+        ("  on XFS next to GrootFS: summed PSS", "grootfs.memory.rg_pss", None, 100),
+    ]
+
+
+def _ratio_lines(b, targets, width: int) -> list[str]:
+    out = []
+    for label, num, den, limit in targets:
+        nv = _median(b, num)
+        if den is None:
+            v = nv
+        else:
+            dens = [_median(b, d) for d in ((den,) if isinstance(den, str) else den)]
+            dens = [d for d in dens if d]
+            v = nv / min(dens) if nv is not None and dens else None
+        if v is None:
+            if num in b.results:
+                out.append(f"{'':2}{label:{width}} {'—':>8} {'≤ ' + format(limit, 'g'):>8}  ? (not measured)")
+            continue
+        mark = "✓" if v <= limit else "✗"
+        out.append(f"{'':2}{label:{width}} {v:>8.2f} {'≤ ' + format(limit, 'g'):>8}  {mark}")
+    return out
+
+
 def render(b) -> str:
     out = []
     width = 50
@@ -126,20 +190,11 @@ def render(b) -> str:
             out.append(line)
     out.append("\n## targets (issue 5), medians of this run")
     out.append(f"{'':2}{'ratio':{width}} {'value':>8} {'target':>8}")
-    for label, num, den, limit in _targets(b):
-        nv = _median(b, num)
-        if den is None:
-            v = nv
-        else:
-            dens = [_median(b, d) for d in ((den,) if isinstance(den, str) else den)]
-            dens = [d for d in dens if d]
-            v = nv / min(dens) if nv is not None and dens else None
-        if v is None:
-            if num in b.results:
-                out.append(f"{'':2}{label:{width}} {'—':>8} {'≤ ' + format(limit, 'g'):>8}  ? (not measured)")
-            continue
-        mark = "✓" if v <= limit else "✗"
-        out.append(f"{'':2}{label:{width}} {v:>8.2f} {'≤ ' + format(limit, 'g'):>8}  {mark}")
+    out += _ratio_lines(b, _targets(b), width)
+    if any(k.startswith("grootfs.") or k == "memory.rg_sum" for k in b.results):
+        out.append("\n## targets (issue 12: against GrootFS, same run), medians")
+        out.append(f"{'':2}{'ratio':{width}} {'value':>8} {'target':>8}")
+        out += _ratio_lines(b, _targets_grootfs(), width)
     calls, per = _median(b, "syncfs.calls"), b.results.get("syncfs.call_s")
     cold = _median(b, "cold.rg")
     if calls and per and per.values and cold:

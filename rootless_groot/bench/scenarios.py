@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import grootfs as gfs
 from . import peers
 from .images import BuiltImage
 from .registry import Registry
@@ -38,7 +39,10 @@ sys.exit(main(sys.argv[1:]))
 
 # Runs argv; prints the RSS high-water mark (KiB) of every process in its tree: polls VmHWM
 # of all descendants (as a child subreaper, the detached ones too) and adds
-# RUSAGE_CHILDREN.ru_maxrss for the short-lived ones that were waited for.
+# RUSAGE_CHILDREN.ru_maxrss for the short-lived ones that were waited for; the sum of the
+# polled processes' peaks (which counts the pages a fork shares with its parent once per
+# process); and the peak of the tree's summed PSS (shared pages split among their sharers:
+# what the tree held at once).
 PEAK_RSS_WRAPPER = r"""
 import ctypes, json, os, resource, sys, time
 ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
@@ -57,6 +61,7 @@ def scan():
                 parents[int(d)] = (int(st[st.rfind(")") + 2:].split()[1]), st[st.find("(") + 1:st.rfind(")")])
             except (OSError, ValueError):
                 pass
+    pss = 0
     for p, (pp, name) in parents.items():
         q = pp
         while q in parents and q not in (me, 0, 1):
@@ -70,8 +75,15 @@ def scan():
                         kib = int(line.split()[1])
                         if kib > peak.get(p, (0, ""))[0]:
                             peak[p] = (kib, name)
-        except OSError:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+        except (OSError, ValueError):
             pass
+    global pss_peak
+    pss_peak = max(pss_peak, pss)
+pss_peak = 0
 status = None
 while status is None:
     scan()
@@ -90,7 +102,7 @@ while True:
 ru = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 top = sorted(peak.values(), reverse=True)[:5]
 print(json.dumps({"exit": os.waitstatus_to_exitcode(status), "polled_kib": top[0][0] if top else 0,
-                  "rusage_children_kib": ru, "top": top}))
+                  "rusage_children_kib": ru, "top": top, "sum_kib": sum(k for k, _ in peak.values()), "pss_kib": pss_peak}))
 """
 
 
@@ -136,8 +148,11 @@ class Bench:
         return base_env(self.home)
 
     def fresh(self, what: str) -> Path:
+        return self.fresh_in(self.work, what)
+
+    def fresh_in(self, parent: Path, what: str) -> Path:
         self._n += 1
-        return self.work / f"{what}-{self._n}"
+        return parent / f"{what}-{self._n}"
 
     def ref(self, name: str) -> str:
         return f"docker://{self.registry.ref(name)}"
@@ -204,11 +219,11 @@ def round_robin(b: Bench, reps: int, entries: dict[str, tuple]) -> None:
                             log(f"    {key} cleanup: {e}")
 
 
-def _cold_rg(b: Bench, image: str, flags=(), argv0=None, env=None):
+def _cold_rg(b: Bench, image: str, flags=(), argv0=None, env=None, where: Path | None = None):
     holder = {}
 
     def fn():
-        rg = RG(b, b.fresh("store-cold"), argv0, env)
+        rg = RG(b, b.fresh_in(where or b.work, "store-cold"), argv0, env)
         holder["rg"] = rg
         return rg.create(image, "cold", *flags)
 
@@ -318,6 +333,8 @@ def memory(b: Bench) -> None:
         try:
             mib, doc = peak_rss(rg.create_argv("debian", "mem"), b.env)
             b.info["memory.rg.top"] = doc["top"]
+            b.sample("memory.rg_sum", "MiB").values.append(doc["sum_kib"] / 1024)
+            b.sample("memory.rg_pss", "MiB").values.append(doc["pss_kib"] / 1024)
             return mib
         finally:
             rg.destroy()
@@ -349,6 +366,16 @@ def _warm_store(b: Bench, name: str) -> RG:
     return rg
 
 
+def _create_then_delete(b: Bench, rg: RG, counter, delete_key: str, prefix: str, *flags: str):
+    """A timed warm create of a new id; its delete's time goes to ``delete_key``."""
+    def fn():
+        image_id = f"{prefix}{next(counter)}"
+        t = rg.create("debian", image_id, *flags)
+        b.sample(delete_key).values.append(rg.time("delete", image_id))
+        return t
+    return fn
+
+
 def warm(b: Bench) -> None:
     """Warm create/delete/stats/list vs python3 -c pass and podman create/rm."""
     rg = _warm_store(b, "store-warm")
@@ -358,12 +385,7 @@ def warm(b: Bench) -> None:
         n = iter(range(10**6))
 
         def create_delete(prefix: str, *flags: str):
-            def fn():
-                image_id = f"{prefix}{next(n)}"
-                t = rg.create("debian", image_id, *flags)
-                b.sample(f"warm.delete_{prefix}").values.append(rg.time("delete", image_id))
-                return t
-            return fn
+            return _create_then_delete(b, rg, n, f"warm.delete_{prefix}", prefix, *flags)
 
         entries = {
             "startup.python3": (lambda: timed([DEBIAN_PY, "-c", "pass"], env=b.env), None),
@@ -510,6 +532,83 @@ def smallfiles(b: Bench) -> None:
     round_robin(b, b.reps.smallfiles, entries)
 
 
+def grootfs(b: Bench) -> None:
+    """GrootFS (Go) vs rootless-groot, both rootless, both stores on one loop-mounted XFS."""
+    setup = gfs.load_setup(b.work)
+    if "missing" in setup:
+        b.missing("grootfs.cold.gfs", setup["missing"])
+        return
+    b.info["grootfs.version"] = setup["version"]
+    xfs, host, ref = Path(setup["rg"]), b.registry.host, b.registry.ref("debian")
+    cold_stores = iter(setup["stores"]["cold"])
+
+    def gfs_cold():
+        g = gfs.GrootFS(setup, next(cold_stores), b.env)
+        return timed(g.create_argv(host, ref, "cold"), env=b.env, timeout=900)
+
+    entries = {"grootfs.cold.rg": _cold_rg(b, "debian", ("--without-mount",), where=xfs),
+               "grootfs.cold.gfs": (gfs_cold, None)}
+    if peers.isal_available():
+        entries["grootfs.floor.isal_tar"] = (
+            lambda: peers.tar_extract_parallel(b.images["debian"].blob_paths, b.fresh_in(xfs, "floor"), b.env,
+                                               "isal"), None)
+    round_robin(b, b.reps.cold, entries)
+
+    mem_stores = iter(setup["stores"]["memory"])
+
+    def rg_mem():
+        rg = RG(b, b.fresh_in(xfs, "store-mem"))
+        try:
+            mib, doc = peak_rss(rg.create_argv("debian", "mem", "--without-mount"), b.env)
+            b.sample("grootfs.memory.rg_sum", "MiB").values.append(doc["sum_kib"] / 1024)
+            b.sample("grootfs.memory.rg_pss", "MiB").values.append(doc["pss_kib"] / 1024)
+            return mib
+        finally:
+            rg.destroy()
+
+    def gfs_mem():
+        g = gfs.GrootFS(setup, next(mem_stores), b.env)
+        mib, doc = peak_rss(g.create_argv(host, ref, "mem"), b.env)
+        b.sample("grootfs.memory.gfs_sum", "MiB").values.append(doc["sum_kib"] / 1024)
+        b.sample("grootfs.memory.gfs_pss", "MiB").values.append(doc["pss_kib"] / 1024)
+        return mib
+
+    b.sample("grootfs.memory.rg", "MiB")
+    b.sample("grootfs.memory.gfs", "MiB")
+    round_robin(b, b.reps.memory, {"grootfs.memory.rg": (rg_mem, None), "grootfs.memory.gfs": (gfs_mem, None)})
+
+    rg = RG(b, b.fresh_in(xfs, "store-warm"))
+    g = gfs.GrootFS(setup, setup["stores"]["warm"][0], b.env)
+    try:
+        for image_id in ("seed", "keep"):
+            rg.create("debian", image_id, "--without-mount")
+            run(g.create_argv(host, ref, image_id), env=b.env, timeout=900)
+        n = iter(range(10**6))
+
+        def rg_create_delete(prefix: str, *flags: str):
+            return _create_then_delete(b, rg, n, f"grootfs.rg.delete_{prefix}", prefix, *flags)
+
+        def gfs_create_delete():
+            image_id = f"g{next(n)}"
+            t = timed(g.create_argv(host, ref, image_id), env=b.env)
+            b.sample("grootfs.gfs.delete").values.append(timed(g.argv("delete", image_id), env=b.env))
+            return t
+
+        round_robin(b, b.reps.warm, {
+            "grootfs.python3_IS": (lambda: timed([DEBIAN_PY, "-I", "-S", "-c", "pass"], env=b.env), None),
+            "grootfs.python3": (lambda: timed([DEBIAN_PY, "-c", "pass"], env=b.env), None),
+            "grootfs.rg.create_nomount": (rg_create_delete("nomount", "--without-mount"), None),
+            "grootfs.gfs.create": (gfs_create_delete, None),
+            "grootfs.rg.create_mount": (rg_create_delete("mount"), None),
+            "grootfs.rg.stats": (lambda: rg.time("stats", "keep"), None),
+            "grootfs.gfs.stats": (lambda: timed(g.argv("stats", "keep"), env=b.env), None),
+            "grootfs.rg.list": (lambda: rg.time("list"), None),
+            "grootfs.gfs.list": (lambda: timed(g.argv("list"), env=b.env), None),
+        })
+    finally:
+        rg.destroy()  # GrootFS's stores go with the XFS file (root removes it)
+
+
 SCENARIOS = {
     "startup": startup,
     "cold": cold,
@@ -520,4 +619,5 @@ SCENARIOS = {
     "scale": scale,
     "layers": layers,
     "smallfiles": smallfiles,
+    "grootfs": grootfs,
 }

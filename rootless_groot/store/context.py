@@ -51,6 +51,13 @@ class StoreContext:
 
             remount_all(self)
 
+    def start_keeper(self) -> None:
+        """Start the namespace's keeper without joining it (rootless only)."""
+        if self.meta.rootless and not self.in_namespace:
+            from .. import namespace
+
+            namespace.ensure_keeper(self.store, self.meta, self.config.newuidmap_bin, self.config.newgidmap_bin)
+
     def id_translate(self) -> Callable[[int, int], tuple[int, int]] | None:
         """How tar owners become file owners when unpacking as real root in the host namespace.
 

@@ -7,7 +7,7 @@ from .. import log
 from ..errors import GrootError, NotFound, UsageError
 from ..fastjson import dumps, loads
 from ..record import Record
-from .layers import ensure_short_link, layer_size, make_temp_dir, remove_tree
+from .layers import ensure_short_link, layer_size, make_temp_dir, remove_in_process, remove_tree
 from .locks import flocked
 
 TYPE_CHECKING = False
@@ -127,7 +127,8 @@ def create_image(ctx: StoreContext, image_id: str, layers: list[str], env: list[
                  quota: int, exclude_image_from_quota: bool, config: dict | None = None) -> ImageInfo:
     """Assemble the image directory in ``tmp/``, rename it into ``images/``, then mount it."""
     store = ctx.store
-    ctx.enter()
+    if mount or quota:  # an image left unmounted is made from outside: no namespace to join
+        ctx.enter()
     size = sum(layer_size(ctx, c) for c in layers)
     for chain_id in layers:
         ensure_short_link(ctx, chain_id)
@@ -166,15 +167,29 @@ def create_image(ctx: StoreContext, image_id: str, layers: list[str], env: list[
 
 
 def _remove_image_dir(ctx: StoreContext, image_id: str) -> None:
-    from ..mount import is_mountpoint, unmount
+    """Unmount (in the namespace) and remove an image directory.
 
+    Outside the namespace (a rootless image the store never mounted) there is nothing to
+    unmount, and the tree is removed as the user; should the container have left files
+    only the namespace's root may remove, the namespace is joined for the rest.
+    """
     image_dir = ctx.store.image_dir(image_id)
-    rootfs = os.path.join(image_dir, "rootfs")
-    unmount(rootfs)
-    if is_mountpoint(rootfs):  # never remove through a mount (the lower layers are shared)
-        raise GrootError(f"cannot delete image `{image_id}`: {rootfs} is still mounted")
+    outside = ctx.meta.rootless and not ctx.in_namespace
+    if not outside:
+        from ..mount import is_mountpoint, unmount
+
+        rootfs = os.path.join(image_dir, "rootfs")
+        unmount(rootfs)
+        if is_mountpoint(rootfs):  # never remove through a mount (the lower layers are shared)
+            raise GrootError(f"cannot delete image `{image_id}`: {rootfs} is still mounted")
     doomed = make_temp_dir(ctx.store.tmp, f"deleted-{image_id[:32]}-")
     os.rename(image_dir, os.path.join(doomed, "image"))
+    if outside:
+        try:
+            remove_in_process(doomed)
+            return
+        except (OSError, RecursionError):
+            ctx.enter()
     remove_tree(doomed)
 
 
@@ -193,7 +208,8 @@ def delete_image(ctx: StoreContext, image_id: str) -> None:
     """Unmount, release the quota, and remove an image (rename first: it vanishes atomically)."""
     info = read_image(ctx, image_id)
     quota_mod = _quota_for(ctx, info)
-    ctx.enter()
+    if info.mount or quota_mod:  # else _remove_image_dir joins only if the files need it
+        ctx.enter()
     with flocked(ctx.store.lock_path("gc"), exclusive=False):
         if quota_mod:
             quota_mod.release(ctx, info)
@@ -233,9 +249,13 @@ def image_stats(ctx: StoreContext, image_id: str) -> dict:
         from .. import quota
 
         exclusive = quota.exclusive_usage(ctx, info)
-    ctx.enter()
     if exclusive is None:
-        exclusive = disk_usage(os.path.join(ctx.store.image_dir(image_id), "diff"))
+        diff = os.path.join(ctx.store.image_dir(image_id), "diff")
+        try:  # as the user first: the namespace is needed only for directories it cannot read
+            exclusive = disk_usage(diff)
+        except PermissionError:
+            ctx.enter()
+            exclusive = disk_usage(diff)
     return {"disk_usage": {
         "total_bytes_used": exclusive + info.size,
         "exclusive_bytes_used": exclusive,

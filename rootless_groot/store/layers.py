@@ -38,10 +38,12 @@ def ensure_layers(ctx: StoreContext, source: ImageSource, layers: list[LayerDesc
                   max_layer_size: int | None = None) -> None:
     """Make every layer present in the cache, unpacking the missing ones (in parallel).
 
-    The missing layers are shared out by size among at most one forked worker per CPU; each
-    worker unpacks its share and installs it with one ``syncfs`` (a 128-layer image costs
-    two forks and two syncs, not 128 of each). ``max_layer_size`` (the disk limit, when the
-    image counts against it) stops a layer that cannot fit as soon as that is known.
+    The missing layers are shared out by size among at most one process per CPU: this one
+    and forked workers (a fork starts with all of this process's pages: one fewer keeps the
+    create's summed memory down). Each unpacks its share and installs it with one ``syncfs``
+    (a 128-layer image costs one fork and two syncs on two CPUs, not 128 of each).
+    ``max_layer_size`` (the disk limit, when the image counts against it) stops a layer that
+    cannot fit as soon as that is known.
     """
     missing = [layer for layer in layers if not os.path.isdir(ctx.store.layer_dir(layer.chain_id))]
     if not missing:
@@ -56,7 +58,8 @@ def ensure_layers(ctx: StoreContext, source: ImageSource, layers: list[LayerDesc
         if len(shares) == 1:
             install_layers(ctx, source, shares[0], max_layer_size)
         else:
-            errors = _run_forked([_task(ctx, source, share, max_layer_size) for share in shares], len(shares))
+            errors = _run_forked([_task(ctx, source, share, max_layer_size) for share in shares[1:]],
+                                 len(shares) - 1, own=_task(ctx, source, shares[0], max_layer_size))
             for message in errors:
                 if message is not None:
                     raise LayerError(message)
@@ -259,7 +262,7 @@ def remove_tree(path: str) -> None:
     if not os.path.lexists(path):
         return
     try:
-        _remove_in_process(path)
+        remove_in_process(path)
         return
     except (OSError, RecursionError):
         pass
@@ -271,7 +274,7 @@ def remove_tree(path: str) -> None:
         raise GrootError(f"cannot remove {path}")
 
 
-def _remove_in_process(path: str) -> None:
+def remove_in_process(path: str) -> None:
     if not os.path.isdir(path) or os.path.islink(path):
         os.unlink(path)
         return
@@ -293,8 +296,11 @@ def _spawn(tool: str, *args: str) -> int:
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
-def _run_forked(tasks: list[Callable[[], None]], max_workers: int) -> list[str | None]:
-    """Run each task in a forked child, at most ``max_workers`` at once; collect error messages."""
+def _run_forked(tasks: list[Callable[[], None]], max_workers: int,
+                own: Callable[[], None] | None = None) -> list[str | None]:
+    """Run each task in a forked child, at most ``max_workers`` at once, and ``own`` here once
+    they are started; collect error messages. An exception of ``own`` rises after the children
+    are reaped."""
     import signal
 
     from .. import syscalls
@@ -332,6 +338,10 @@ def _run_forked(tasks: list[Callable[[], None]], max_workers: int) -> list[str |
             os._exit(code)
         os.close(write_fd)
         running[pid] = (index, read_fd)
-    while running:
-        reap_one()
+    try:
+        if own is not None:
+            own()
+    finally:
+        while running:
+            reap_one()
     return results
