@@ -135,12 +135,43 @@ def scenario(a, res: dict) -> dict:
     res["create_after_delete"] = user.cli(store, "create", "--disk-limit-size-bytes", str(10 * MIB), a.layout,
                                           "img3")
     res["w_after_delete"] = write(user, store, "img3", "a", 4)
+    root_run(a, user, store, res)
     with open("/var/lib/rootless-groot-helper/projids.json") if os.path.exists(
             "/var/lib/rootless-groot-helper/projids.json") else open(os.devnull) as f:
         res["state"] = f.read()
     if a.abuse and a.fs == "xfs":
         res["abuse"] = abuse(a, user, store)
     return res
+
+
+def _rc(r) -> dict:
+    return {"rc": r.returncode, "out": r.stdout.strip(), "err": r.stderr.strip()[-2000:]}
+
+
+def root_run(a, user: User, store: str, res: dict) -> None:
+    """Garden's production mode on the same mapped store: root creates with a limit (no setuid
+    helper involved), the runtime (root) mounts the overlay from the JSON, the container's root
+    (the store's owner) writes; then the mapped user deletes the image."""
+    cli = [a.python, "-m", "rootless_groot", "--store", store]
+    r = sh(*cli, "create", "--without-mount", "--disk-limit-size-bytes", str(10 * MIB), a.layout, "rootimg",
+           check=False)
+    res["root_create"] = _rc(r)
+    if r.returncode:
+        return
+    image = f"{store}/images/rootimg"
+    res["root_owners"] = [os.stat(f"{image}/{d}").st_uid for d in ("", "diff", "image.json")]
+    rootfs = json.loads(r.stdout)["root"]["path"]
+    sh("mount", "-t", "overlay", "overlay", "-o", json.loads(r.stdout)["mounts"][0]["options"][0], rootfs)
+    try:
+        as_owner = ["setpriv", f"--reuid={a.uid}", f"--regid={a.gid}", "--clear-groups"]
+        for name, mib in (("root_w4", 4), ("root_w2", 2)):
+            res[name] = _rc(sh(*as_owner, "dd", "if=/dev/zero", f"of={rootfs}/{name}", "bs=1M", f"count={mib}",
+                               "conv=fsync", check=False))
+    finally:
+        sh("umount", rootfs, check=False)
+    res["root_stats"] = _rc(sh(*cli, "stats", "rootimg", check=False))
+    res["user_deletes_root_image"] = user.cli(store, "delete", "rootimg")
+    res["root_image_gone"] = not os.path.exists(image)
 
 
 ABUSER = r"""

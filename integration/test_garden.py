@@ -157,3 +157,22 @@ def test_descriptor_sizes_and_skip_layer_validation(cli, store_dir, user_tmp):
     assert r.returncode == 1 and "size" in r.stdout and len(r.stdout.splitlines()) == 1, r.stdout
     # GrootFS: --skip-layer-validation skips the layer checks of oci:// images
     cli("--store", store_dir, "create", "--without-mount", "--skip-layer-validation", lay.uri("t"), "layer")
+
+
+def test_rootless_mounted_create_under_a_plugin_caller(cli, as_user, store_dir, user_tmp):
+    """A rootless mounted image exists only in the store's namespace: refused when Garden (gdn)
+    calls, a warning naming the fix when another program captures the output, silent otherwise."""
+    lay = ob.write_layout(user_tmp / "w", [ob.busybox_image()], tag="t")
+    r = cli("--store", store_dir, "create", lay.uri("t"), "m1")
+    assert "warning:" in r.stderr and "--without-mount" in r.stderr and "create.without_mount" in r.stderr, r.stderr
+    r = cli("--store", store_dir, "create", "--without-mount", lay.uri("t"), "n1")
+    assert "without-mount" not in r.stderr
+    gdn = user_tmp / "gdn"  # a shell called gdn stands in for Garden as the parent process
+    gdn.write_bytes(open("/bin/sh", "rb").read())
+    gdn.chmod(0o755)
+    argv = [str(gdn), "-c", '"$@"; exit $?', "gdn", cli.python, "-m", "rootless_groot", "--store", store_dir]
+    r = as_user([*argv, "create", lay.uri("t"), "g1"], check=False)
+    assert r.returncode == 1 and len(r.stdout.splitlines()) == 1, (r.stdout, r.stderr)
+    assert "--without-mount" in r.stdout and "create.without_mount: true" in r.stdout
+    assert not os.path.exists(os.path.join(store_dir, "images", "g1"))
+    as_user([*argv, "create", "--without-mount", lay.uri("t"), "g2"])

@@ -76,6 +76,15 @@ def check_semantics(res: dict, fs: str) -> None:
     assert res["delete"]["rc"] == 0
     assert res["create_after_delete"]["rc"] == 0, res["create_after_delete"]
     assert res["w_after_delete"]["rc"] == 0, res["w_after_delete"]
+    # Garden's production mode on the same store: root creates with a limit, the limit holds,
+    # everything is the store owner's, and the mapped user deletes the image.
+    assert res["root_create"]["rc"] == 0, res["root_create"]
+    assert len(set(res["root_owners"])) == 1 and res["root_owners"][0] != 0, res["root_owners"]
+    assert res["root_w4"]["rc"] == 0, res["root_w4"]
+    assert res["root_w2"]["rc"] != 0 and full in res["root_w2"]["err"], res["root_w2"]
+    assert json.loads(res["root_stats"]["out"])["disk_usage"]["quota_size_bytes"] == 10 * MIB, res["root_stats"]
+    assert res["user_deletes_root_image"]["rc"] == 0, res["user_deletes_root_image"]
+    assert res["root_image_gone"]
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 ``handle`` is what the setuid entry point calls with the caller's real uid; rootless-groot
 calls the same function directly when it runs as root. Order of proof for every request:
-registered store -> caller is its owner (or root) -> walk to the store with O_NOFOLLOW ->
+registered store -> caller is its owner (or root, who then acts as the owner) -> walk to the store with O_NOFOLLOW ->
 the filesystem is the registered kind with quotas enforced -> as the caller, open
 ``images/<id>`` with O_NOFOLLOW|O_DIRECTORY -> fstat: a directory owned by the caller on
 the store's filesystem -> only then touch quota state.
@@ -32,6 +32,10 @@ def handle(req: dict[str, Any], ruid: int, rgid: int, roots: Roots | None = None
         st = os.fstat(store_fd)
         if st.st_uid not in (reg.owner_uid, 0):
             raise denied()
+        if ruid == 0 and reg.owner_uid != 0:
+            # Root (Garden's plugin on a store with mappings) acts for the store's owner: the
+            # image dirs are the owner's, and the owner may clear what root set.
+            ruid, rgid = reg.owner_uid, st.st_gid
         if reg.fs == "xfs":
             if fs_magic(store_fd) != xfs.XFS_SUPER_MAGIC or not xfs.project_quota_enforced(store_fd):
                 raise HelperError("unsupported", "the store's filesystem is not XFS with project quotas enforced")

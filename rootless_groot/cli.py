@@ -214,6 +214,10 @@ def cmd_create(args, cfg) -> int:
 
     check_id(args.id)
     ctx = _open_or_init(cfg)
+    if ctx.meta.rootless and not cfg.without_mount:
+        from .garden import check_mount_visible
+
+        check_mount_visible(ctx.store.root)
     if os.path.exists(ctx.store.image_dir(args.id)):
         raise GrootError(f"image for id `{args.id}` already exists")
     _print_json(runtime_spec(ctx, _create(args, cfg, ctx, args.id)))

@@ -136,12 +136,18 @@ def _call(op: str, image: str, root: str, **extra: int) -> dict:
         from privileged_helper.ops import handle
         from privileged_helper.protocol import HelperError, parse_request
 
+        from .syscalls import set_fs_ids
+
+        # the helper's code switches fs ids itself (to the store's owner for root): start from root's
+        old_uid, old_gid = set_fs_ids(0, 0)
         try:
             answer = handle(parse_request(json.dumps(req).encode()), 0, 0)
         except HelperError as e:
             answer = e.answer()
         except OSError as e:
             answer = {"ok": False, "error": "failed", "message": str(e)}
+        finally:
+            set_fs_ids(old_uid, old_gid)
     else:
         import subprocess
 

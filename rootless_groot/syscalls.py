@@ -151,3 +151,24 @@ def syncfs(fd: int) -> None:
 def set_pdeathsig(sig: int) -> None:
     """prctl(PR_SET_PDEATHSIG): die with our parent, so a killed command stops its workers."""
     _check(_libc.prctl(ctypes.c_int(1), ctypes.c_ulong(sig), 0, 0, 0), "prctl")
+
+
+_CAP_VERSION_3 = 0x20080522
+
+
+def set_fs_ids(uid: int, gid: int) -> tuple[int, int]:
+    """setfsgid + setfsuid (files we create get these owners), then re-raise every permitted
+    capability into the effective set (the kernel drops CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER,
+    CAP_MKNOD... when the fs uid leaves 0). Root keeps its powers and acts as ``uid`` on disk.
+    Returns the previous (fsuid, fsgid). Per thread: call it while single-threaded."""
+    mask = 0xFFFFFFFF  # the calls return the previous id as a C int
+    old_gid = _libc.setfsgid(ctypes.c_uint(gid)) & mask
+    old_uid = _libc.setfsuid(ctypes.c_uint(uid)) & mask
+    if _libc.setfsuid(ctypes.c_uint(mask)) & mask != uid or _libc.setfsgid(ctypes.c_uint(mask)) & mask != gid:
+        raise OSError(1, f"cannot switch the filesystem ids to {uid}:{gid}")
+    header = (ctypes.c_uint32 * 2)(_CAP_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()  # two {effective, permitted, inheritable} words
+    _check(_libc.capget(header, data), "capget")
+    data[0], data[3] = data[1], data[4]
+    _check(_libc.capset(header, data), "capset")
+    return old_uid, old_gid

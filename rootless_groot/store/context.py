@@ -25,13 +25,24 @@ class StoreContext:
 
     @classmethod
     def open(cls, config: Config) -> "StoreContext":
+        """How this caller uses the store (GrootFS's rule): root works in the host namespace,
+        translating owners through the store's mappings (Garden's production mode); the store's
+        owner works in the store's user namespace (rootless mode). Same files on disk either way.
+        """
         store = Store(config.store)
         meta = store.read_meta()
-        if meta.rootless and os.geteuid() == 0:
-            raise StoreError(f"store {store.root} is a rootless store of uid {meta.owner_uid}: run as that user")
-        if meta.rootless and os.getuid() != meta.owner_uid:
+        if os.geteuid() == 0:
+            meta = meta.replace(rootless=False)
+            if (meta.owner_uid, meta.owner_gid) != (0, 0):
+                from ..syscalls import set_fs_ids
+
+                # What root creates (layers, images, locks) belongs to the store's owner, so the
+                # owner can use and delete it in rootless mode; root keeps its capabilities.
+                set_fs_ids(meta.owner_uid, meta.owner_gid)
+            return cls(store, meta, config)
+        if os.getuid() != meta.owner_uid or not meta.uid_mappings:
             raise StoreError(f"store {store.root} belongs to uid {meta.owner_uid}, not to you (uid {os.getuid()})")
-        return cls(store, meta, config)
+        return cls(store, meta.replace(rootless=True), config)
 
     def enter(self) -> None:
         """Make the store's files fully reachable: join the keeper's namespaces (rootless only).
