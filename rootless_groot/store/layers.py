@@ -171,6 +171,10 @@ def _unpack(ctx: StoreContext, source: ImageSource, layer: LayerDescriptor,
             log.warn("layer.owners-squashed", layer=layer.name, count=result.squashed_owners,
                      text=f"{layer.name}: {result.squashed_owners} files are owned by ids outside the store's "
                           "mapping and were given to the store owner (add subordinate ids in /etc/subuid)")
+        if result.stripped_setid:
+            log.warn("layer.setid-stripped", layer=layer.name, count=result.stripped_setid,
+                     text=f"{layer.name}: {result.stripped_setid} setuid/setgid files owned by unmapped ids "
+                          "lost those bits (the store owner must not gain them)")
         meta = {"chain_id": layer.chain_id, "diff_id": result.diff_id, "digest": layer.digest,
                 "size": result.size, "entries": result.entries}
         with open(os.path.join(work, LAYER_META), "w") as f:
