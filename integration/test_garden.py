@@ -12,6 +12,8 @@ import functools
 import http.server
 import json
 import os
+import shutil
+import ssl
 import subprocess
 import threading
 
@@ -32,21 +34,32 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         super().do_GET()
 
 
-@pytest.fixture
-def droplet_server(user_tmp):
-    """An HTTP server on 127.0.0.1 serving ``user_tmp/www``; ``.requests`` lists the paths asked."""
-    www = user_tmp / "www"
-    www.mkdir()
+def serve(www, tls=None):
+    """An HTTP(S) server on 127.0.0.1 serving ``www`` in a thread; ``.requests`` lists the paths asked."""
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(www)))
+    if tls is not None:
+        srv.socket = tls.wrap_socket(srv.socket, server_side=True)
     srv.requests = []
     srv.www = www
-    srv.base = f"http://127.0.0.1:{srv.server_port}"
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
+    srv.base = f"{'https' if tls else 'http'}://127.0.0.1:{srv.server_port}"
+    srv.thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    srv.thread.start()
+    return srv
+
+
+def stop(srv):
     srv.shutdown()
     srv.server_close()
-    thread.join()
+    srv.thread.join()
+
+
+@pytest.fixture
+def droplet_server(user_tmp):
+    www = user_tmp / "www"
+    www.mkdir()
+    srv = serve(www)
+    yield srv
+    stop(srv)
 
 
 def stack_tar(path, marker: str):
@@ -176,3 +189,44 @@ def test_rootless_mounted_create_under_a_plugin_caller(cli, as_user, store_dir, 
     assert "--without-mount" in r.stdout and "create.without_mount: true" in r.stdout
     assert not os.path.exists(os.path.join(store_dir, "images", "g1"))
     as_user([*argv, "create", "--without-mount", lay.uri("t"), "g2"])
+
+
+def test_droplet_over_mutual_tls(cli, store_dir, user_tmp, test_user):
+    """GrootFS's ``create.remote_layer_client_certificates_path`` (garden-runc-release sets it):
+    a certs.d-style directory with the server's CA (``*.crt``) and the client's ``*.cert``/``*.key``."""
+    from registry_env import make_cert
+
+    server_cert, server_key = make_cert(user_tmp / "server-tls", "server")
+    client_cert, client_key = make_cert(user_tmp / "client-tls", "client")
+    certs = user_tmp / "certs"
+    certs.mkdir()
+    shutil.copy(server_cert, certs / "server.crt")
+    shutil.copy(client_cert, certs / "client.cert")
+    shutil.copy(client_key, certs / "client.key")
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(server_cert, server_key)
+    tls.verify_mode = ssl.CERT_REQUIRED
+    tls.load_verify_locations(cafile=str(client_cert))
+    www = user_tmp / "www"
+    www.mkdir()
+    drop = droplet("echo tls\n")
+    (www / "droplet.tgz").write_bytes(drop.blob)
+    srv = serve(www, tls)
+    try:
+        tar = stack_tar(user_tmp / "stack.tar", "v1")
+        lay = ob.write_garden_layout(user_tmp / "depot" / "h" / "image", tar, f"{srv.base}/droplet.tgz",
+                                     drop.digest.split(":", 1)[1])
+        plain, mtls = user_tmp / "plain.yml", user_tmp / "mtls.yml"
+        ca_only = user_tmp / "ca-only"  # trusts the server, has no client certificate
+        ca_only.mkdir()
+        shutil.copy(server_cert, ca_only / "server.crt")
+        plain.write_text(SKIP_CONFIG + f"  remote_layer_client_certificates_path: {ca_only}\n")
+        mtls.write_text(SKIP_CONFIG + f"  remote_layer_client_certificates_path: {certs}\n")
+        give_to(test_user, user_tmp)
+        r = cli("--config", str(plain), "--store", store_dir, "create", lay.uri(), "h0", check=False)
+        assert r.returncode == 1 and "droplet.tgz" in r.stdout and srv.requests == [], r.stdout
+        root = json.loads(cli("--config", str(mtls), "--store", store_dir, "create", lay.uri(), "h1").stdout)["root"]["path"]
+        assert in_store(cli, store_dir, "cat", f"{root}/home/vcap/app/run.sh") == "echo tls\n"
+        assert srv.requests == ["/droplet.tgz"]
+    finally:
+        stop(srv)

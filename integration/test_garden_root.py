@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 
 import pytest
@@ -99,4 +100,12 @@ def test_root_and_mapped_user_share_a_store(root_store, image_layout, cli, test_
     assert os.listdir(os.path.join(root_store, "layers")) == []
     json.loads(root_cli(*s, "create", image_layout.uri("t"), "again").stdout)
     root_cli(*s, "delete", "again")
-    cli(*s, "delete-store")
+    # root's delete-store also stops the user's keeper of that store
+    keeper = int(open(os.path.join(root_store, "run", "keeper.pid")).read())
+    pidfd = os.pidfd_open(keeper)  # readable once the process has exited
+    try:
+        root_cli(*s, "delete-store")
+        assert not os.path.exists(root_store)
+        assert select.select([pidfd], [], [], 10)[0], f"keeper {keeper} still runs"
+    finally:
+        os.close(pidfd)

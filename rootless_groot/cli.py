@@ -358,7 +358,7 @@ def cmd_delete_store(args, cfg) -> int:
     ctx.enter()
     for image_id in image_ids(ctx):
         unmount(os.path.join(ctx.store.image_dir(image_id), "rootfs"))
-    namespace.stop_keeper(ctx.store)
+    namespace.stop_keeper(ctx.store, ctx.meta.owner_uid if os.geteuid() == 0 else None)
     remove_tree(ctx.store.root)
     return 0
 
@@ -399,6 +399,7 @@ def _registry_options(args: Args, cfg) -> dict[str, Any]:
         "pull_policy": getattr(args, "pull_policy", None),
         "progress": not getattr(args, "quiet", False) and sys.stderr.isatty(),
         "skip_layer_validation": getattr(cfg, "skip_layer_validation", False),
+        "remote_layer_client_certificates_path": getattr(cfg, "remote_layer_client_certificates_path", None),
     }
 
 

@@ -25,7 +25,7 @@ class Config(Record):
         "store": "", "log_level": None, "log_file": None, "newuidmap_bin": "newuidmap",
         "newgidmap_bin": "newgidmap", "exclude_image_from_quota": False, "skip_layer_validation": False,
         "with_clean": False, "without_mount": False, "disk_limit_size_bytes": 0, "insecure_registries": (),
-        "clean_threshold_bytes": 0, "store_size_bytes": 0,
+        "clean_threshold_bytes": 0, "store_size_bytes": 0, "remote_layer_client_certificates_path": None,
     }
     __slots__ = tuple(_defaults)
     store: str
@@ -41,6 +41,7 @@ class Config(Record):
     insecure_registries: tuple[str, ...]
     clean_threshold_bytes: int
     store_size_bytes: int
+    remote_layer_client_certificates_path: str | None  # client certs for layers fetched from urls
 
 
 # YAML key path -> Config field
@@ -58,11 +59,12 @@ _YAML_KEYS: dict[tuple[str, ...], tuple[str, type]] = {
     ("create", "insecure_registries"): ("insecure_registries", list),
     ("clean", "threshold_bytes"): ("clean_threshold_bytes", int),
     ("init", "store_size_bytes"): ("store_size_bytes", int),
+    ("create", "remote_layer_client_certificates_path"): ("remote_layer_client_certificates_path", str),
 }
 # Keys GrootFS knows that have no meaning here; accepted so a GrootFS config file works unchanged.
 _IGNORED_KEYS = {
     ("tardis_bin",), ("metron_endpoint",), ("create", "clean_log_file"),
-    ("create", "remote_layer_client_certificates_path"), ("init", "with_direct_io"),
+    ("init", "with_direct_io"),
 }
 
 

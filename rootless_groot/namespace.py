@@ -28,18 +28,19 @@ def _keeper_argv0(store: Store) -> bytes:
     return f"{KEEPER_NAME}:{store.root}".encode()
 
 
-def running_keeper(store: Store) -> int | None:
+def running_keeper(store: Store, owner_uid: int | None = None) -> int | None:
     """The pid of this store's live keeper, or None.
 
     A pid alone could be reused, so the process must also carry the store in its argv[0]
-    and belong to us.
+    and belong to us (or to ``owner_uid``: root looking for the store owner's keeper).
     """
     try:
         with open(keeper_pid_path(store)) as f:
             pid = int(f.readline())
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv0 = f.read().split(b"\0", 1)[0]
-        if argv0 != _keeper_argv0(store) or os.stat(f"/proc/{pid}").st_uid != os.getuid():
+        if argv0 != _keeper_argv0(store) or os.stat(f"/proc/{pid}").st_uid != (
+                os.getuid() if owner_uid is None else owner_uid):
             return None
     except (OSError, ValueError):
         return None
@@ -231,9 +232,9 @@ def join(pid: int) -> None:
         os.close(mnt_fd)
 
 
-def stop_keeper(store: Store) -> None:
+def stop_keeper(store: Store, owner_uid: int | None = None) -> None:
     """Kill the store's keeper (its mounts vanish with its mount namespace)."""
-    pid = running_keeper(store)
+    pid = running_keeper(store, owner_uid)
     if pid is not None:
         try:
             os.kill(pid, 9)  # SIGKILL: the keeper only sleeps

@@ -10,10 +10,11 @@ if TYPE_CHECKING:
 
 def open_source(ref: DockerRef | OCILayoutRef | TarballRef, platform: dict[str, str] | None = None, **registry_options) -> ImageSource:
     skip_validation = bool(registry_options.pop("skip_layer_validation", False))  # GrootFS: oci:// only
+    client_certs_dir = registry_options.pop("remote_layer_client_certificates_path", None)
     if isinstance(ref, OCILayoutRef):
         from .oci_layout import OCILayoutSource
 
-        return OCILayoutSource(ref, platform, skip_validation)
+        return OCILayoutSource(ref, platform, skip_validation, client_certs_dir)
     if isinstance(ref, TarballRef):
         from .tarball import TarballSource
 

@@ -45,8 +45,10 @@ MAX_NESTING = 8
 
 
 class OCILayoutSource:
-    def __init__(self, ref: OCILayoutRef, platform: dict[str, str] | None = None, skip_validation: bool = False):
+    def __init__(self, ref: OCILayoutRef, platform: dict[str, str] | None = None, skip_validation: bool = False,
+                 client_certs_dir: str | None = None):
         self.ref = ref
+        self.client_certs_dir = client_certs_dir  # for layers fetched from their urls
         self.platform = platform or runtime_platform()
         self.skip_validation = skip_validation
         self._stamps: dict[str, tuple[int, ...]] = {}  # digest -> identity of the file a path-keyed blob was
@@ -164,7 +166,7 @@ class OCILayoutSource:
             if layer.urls:
                 from .remote_layer import UrlStream
 
-                return UrlStream(layer)  # type: ignore[return-value]
+                return UrlStream(layer, client_certs_dir=self.client_certs_dir)  # type: ignore[return-value]
             raise ImageError(f"{layer.name}: blob is missing from the layout {self.ref.path}") from None
         stamp = self._stamps.get(layer.digest)
         if stamp is not None and _identity(os.fstat(f.fileno())) != stamp:

@@ -117,7 +117,8 @@ class Transport:
     """One per source. ``insecure`` hosts may use plain http or unverified TLS."""
 
     def __init__(self, insecure: Iterable[str] = (), ca_file: str | None = None,
-                 sleep: Callable[[float], None] | None = None, allow_http: bool = False):
+                 sleep: Callable[[float], None] | None = None, allow_http: bool = False,
+                 client_certs_dir: str | None = None):
         import requests  # noqa: F401 - the one place the pull flow pays for it
 
         if insecure:  # the user asked for it by name (--insecure-registry): no warning per request
@@ -128,6 +129,7 @@ class Transport:
             warnings.simplefilter("ignore", InsecureRequestWarning)
         self.insecure = tuple(insecure)
         self.allow_http = allow_http  # layer ``urls`` (GrootFS fetches them over http too): digest-checked
+        self.client_certs_dir = client_certs_dir  # containers' certs.d layout: *.crt CAs, *.cert + *.key
         self.ca_file = ca_file
         self.sleep = sleep or (lambda seconds: time.sleep(seconds))
         self._contexts: dict[str, ssl.SSLContext] = {}
@@ -154,6 +156,8 @@ class Transport:
                     ctx.load_verify_locations(cafile=path)
                 except (OSError, ssl.SSLError) as e:
                     raise ImageError(f"cannot load CA certificate {path}: {e}") from None
+        if self.client_certs_dir:
+            load_cert_dir(ctx, self.client_certs_dir, verify=not self.is_insecure(host))
         self._contexts[host] = ctx
         return ctx
 
@@ -281,6 +285,30 @@ class Transport:
                 method = "GET"
             url = new_url
         raise ImageError(f"too many redirects (more than {MAX_REDIRECTS}) from {first_origin[1]}")
+
+
+def load_cert_dir(ctx: ssl.SSLContext, directory: str, verify: bool = True) -> None:
+    """A certificates directory as containers/image reads it (GrootFS's
+    ``remote_layer_client_certificates_path``): ``*.crt`` are extra CAs, each ``NAME.cert``
+    is a client certificate whose key is ``NAME.key``."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as e:
+        raise ImageError(f"cannot read the certificates directory {directory}: {e.strerror}") from None
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            if name.endswith(".crt") and verify:
+                ctx.load_verify_locations(cafile=path)
+            elif name.endswith(".cert"):
+                key = path[:-5] + ".key"
+                if not os.path.exists(key):
+                    raise ImageError(f"missing key {key} for client certificate {path} (CA certificates end in .crt)")
+                ctx.load_cert_chain(path, key)
+            elif name.endswith(".key") and not os.path.exists(path[:-4] + ".cert"):
+                raise ImageError(f"missing client certificate {path[:-4]}.cert for key {path}")
+        except (OSError, ssl.SSLError) as e:
+            raise ImageError(f"cannot load {path}: {e}") from None
 
 
 def _ssl_reason(text: str) -> str:

@@ -22,12 +22,12 @@ if TYPE_CHECKING:
 class UrlStream(io.RawIOBase):
     """The body of the first of ``layer.urls`` that answers 200, read without decoding."""
 
-    def __init__(self, layer: LayerDescriptor, insecure: tuple[str, ...] = ()):
+    def __init__(self, layer: LayerDescriptor, insecure: tuple[str, ...] = (), client_certs_dir: str | None = None):
         super().__init__()
         from .registry_http import Transport
 
         self.layer = layer
-        self.transport = Transport(insecure=insecure, allow_http=True)
+        self.transport = Transport(insecure=insecure, allow_http=True, client_certs_dir=client_certs_dir)
         self.resp: Any = None
         self.count = 0
         self.started = time.monotonic()
