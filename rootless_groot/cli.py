@@ -252,7 +252,8 @@ def _create(args, cfg, ctx, image_id: str):
 
                 raise QuotaError("layers exceed disk quota")
             ensure_layers(ctx, source, image.layers,
-                          max_layer_size=limit if limit and not cfg.exclude_image_from_quota else None)
+                          max_layer_size=limit if limit and not cfg.exclude_image_from_quota else None,
+                          progress=_show_progress(args))
             return create_image(ctx, image_id, [layer.chain_id for layer in image.layers], image.env,
                                 mount=not cfg.without_mount, quota=limit,
                                 exclude_image_from_quota=cfg.exclude_image_from_quota, config=image.config)
@@ -397,10 +398,13 @@ def _registry_options(args: Args, cfg) -> dict[str, Any]:
         "mirrors": getattr(args, "registry_mirror", None),
         "store_root": cfg.store,
         "pull_policy": getattr(args, "pull_policy", None),
-        "progress": not getattr(args, "quiet", False) and sys.stderr.isatty(),
         "skip_layer_validation": getattr(cfg, "skip_layer_validation", False),
         "remote_layer_client_certificates_path": getattr(cfg, "remote_layer_client_certificates_path", None),
     }
+
+
+def _show_progress(args: Args) -> bool:
+    return not getattr(args, "quiet", False) and sys.stderr.isatty()
 
 
 def _image_source(args: Args, cfg):
@@ -423,7 +427,7 @@ def cmd_pull(args, cfg) -> int:
     try:
         with flocked(ctx.store.lock_path("gc"), exclusive=False):
             image = source.resolve()
-            ensure_layers(ctx, source, image.layers)
+            ensure_layers(ctx, source, image.layers, progress=_show_progress(args))
     finally:
         source.close()
     print(image.manifest_digest or image.layers[-1].chain_id)

@@ -25,6 +25,7 @@ pkgs=(
     ca-certificates
     openssl           # self-signed certificates for the registry TLS tests
     bubblewrap        # a sandbox without user namespaces (bwrap --disable-userns)
+    tmux              # the terminal tests read the screen a person would see
 )
 if [ "${INSTALL_BENCH_DEPS:-0}" = 1 ]; then
     pkgs+=(podman debootstrap)

@@ -388,7 +388,7 @@ assert "requests" not in sys.modules and "urllib3" not in sys.modules and "ssl" 
     assert r.returncode == 0, r.stderr
 
 
-# ---- token renewal, mirrors, progress ------------------------------------------------------------
+# ---- token renewal, mirrors ------------------------------------------------------------
 
 def test_expired_or_revoked_token_is_renewed_for_blobs(stub):
     REALM[0] = f"{stub.url}/token"
@@ -464,12 +464,3 @@ def test_docker_hub_mirrors_are_tried_in_order(stub, tmp_path):
         second.stop()
 
 
-def test_progress_goes_to_stderr_only_when_asked(stub, capsys):
-    manifest, blobs = make_image([b"x" * 1000])
-    serve_repo(stub, "app", {"v1": (manifest, OCI_MANIFEST)}, blobs)
-    for progress in (False, True):
-        src = source(stub, "app:v1", progress=progress)
-        read_all(src.open_blob(src.resolve().layers[0]))
-        out = capsys.readouterr()
-        assert out.out == ""
-        assert ("1000 B / 1000 B (100%)" in out.err) is progress

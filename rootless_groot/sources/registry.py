@@ -19,7 +19,6 @@ import hashlib
 import io
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,7 +76,6 @@ class RegistryOptions:
     mirrors: tuple[str, ...] = ()
     store_root: str | None = None
     pull_policy: str = "always"
-    progress: bool = False
     registries_conf: tuple[str, ...] | None = None  # None: the standard locations
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -411,14 +409,6 @@ def _check_config(config: bytes, what: str) -> None:
 
 # ---- blobs -------------------------------------------------------------------------------------
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
 class BlobStream(io.RawIOBase):
     """A layer's raw bytes from the registry, capped at the descriptor's size, resumed after cuts.
 
@@ -437,7 +427,6 @@ class BlobStream(io.RawIOBase):
         self.offset = 0
         self.resumes = 0
         self.started = time.monotonic()
-        self._last_progress = self.started
         self._logged = False
         self.url = f"{ep.base}/v2/{ep.repository}/blobs/{layer.digest}"
         self.resp: Any = None
@@ -509,7 +498,6 @@ class BlobStream(io.RawIOBase):
                 n = len(data)
                 buffer[:n] = data
                 self.offset += n
-                self._progress()
                 return n
             if self.resumes >= MAX_RESUMES:
                 raise LayerError(f"{self.layer.name}: download of {self.source.what} kept failing "
@@ -523,22 +511,6 @@ class BlobStream(io.RawIOBase):
                 pass
             time.sleep(min(0.2 * (2 ** (self.resumes - 1)), 3.0))
             self._open(self.offset)
-
-    def _progress(self) -> None:
-        if not self.source.options.progress:
-            return
-        now = time.monotonic()
-        if now - self._last_progress < 1.0 and self.offset < self.size:
-            return
-        self._last_progress = now
-        rate = self.offset / max(now - self.started, 1e-3)
-        pct = 100 * self.offset // max(self.size, 1)
-        try:
-            sys.stderr.write(f"{self.layer.digest.split(':', 1)[1][:12]}: {_human(self.offset)} / {_human(self.size)} ({pct}%) "
-                             f"{_human(rate)}/s\n")
-            sys.stderr.flush()
-        except OSError:
-            pass
 
     def _done(self) -> None:
         if self._logged:

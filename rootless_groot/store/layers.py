@@ -17,7 +17,7 @@ from .locks import flocked, try_flock
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable
+    from typing import Any, Callable
 
     from ..sources.base import ImageSource, LayerDescriptor
     from .context import StoreContext
@@ -35,7 +35,7 @@ def layer_size(ctx: StoreContext, chain_id: str) -> int:
 
 
 def ensure_layers(ctx: StoreContext, source: ImageSource, layers: list[LayerDescriptor],
-                  max_layer_size: int | None = None) -> None:
+                  max_layer_size: int | None = None, progress: bool = False) -> None:
     """Make every layer present in the cache, unpacking the missing ones (in parallel).
 
     The missing layers are shared out by size among at most one process per CPU: this one
@@ -52,21 +52,30 @@ def ensure_layers(ctx: StoreContext, source: ImageSource, layers: list[LayerDesc
     # A layer with a base directory (CF's droplet) copies that directory's owner and mode from
     # the layers below it, so it is unpacked after them, one at a time.
     based = [layer for layer in missing if layer.base_dir]
+    view = None
+    if progress:  # a terminal shows it (progress.py); rich is imported only here
+        from ..progress import View
+
+        view = View(missing)
     missing = [layer for layer in missing if not layer.base_dir]
-    if missing:
-        shares = _share_out(missing, min(len(missing), os.cpu_count() or 2))
-        if len(shares) == 1:
-            install_layers(ctx, source, shares[0], max_layer_size)
-        else:
-            errors = _run_forked([_task(ctx, source, share, max_layer_size) for share in shares[1:]],
-                                 len(shares) - 1, own=_task(ctx, source, shares[0], max_layer_size))
-            for message in errors:
-                if message is not None:
-                    raise LayerError(message)
-    if based:
-        chains = [layer.chain_id for layer in layers]
-        lowers = {c: chains[:i][::-1] for i, c in enumerate(chains)}
-        install_layers(ctx, source, based, max_layer_size, lowers)
+    try:
+        if missing:
+            shares = _share_out(missing, min(len(missing), os.cpu_count() or 2))
+            if len(shares) == 1:
+                install_layers(ctx, source, shares[0], max_layer_size, reporter=view and view.reporter())
+            else:
+                errors = _run_forked([_task(ctx, source, share, max_layer_size) for share in shares[1:]],
+                                     len(shares) - 1, own=_task(ctx, source, shares[0], max_layer_size), view=view)
+                for message in errors:
+                    if message is not None:
+                        raise LayerError(message)
+        if based:
+            chains = [layer.chain_id for layer in layers]
+            lowers = {c: chains[:i][::-1] for i, c in enumerate(chains)}
+            install_layers(ctx, source, based, max_layer_size, lowers, view and view.reporter())
+    finally:
+        if view is not None:
+            view.close()
 
 
 def _share_out(layers: list[LayerDescriptor], workers: int) -> list[list[LayerDescriptor]]:
@@ -84,12 +93,14 @@ def _share_out(layers: list[LayerDescriptor], workers: int) -> list[list[LayerDe
 
 
 def _task(ctx: StoreContext, source: ImageSource, share: list[LayerDescriptor],
-          max_layer_size: int | None) -> Callable[[], None]:
-    return lambda: install_layers(ctx, source, share, max_layer_size)
+          max_layer_size: int | None) -> Callable[[Any], None]:
+    """The work of one process; its argument is where progress goes (None: nowhere)."""
+    return lambda reporter: install_layers(ctx, source, share, max_layer_size, reporter=reporter)
 
 
 def install_layers(ctx: StoreContext, source: ImageSource, layers: list[LayerDescriptor],
-                   max_layer_size: int | None = None, lowers: dict[str, list[str]] | None = None) -> None:
+                   max_layer_size: int | None = None, lowers: dict[str, list[str]] | None = None,
+                   reporter=None) -> None:
     """Unpack layers into ``tmp/`` and install them: one ``syncfs``, then one rename each.
 
     Each layer's lock is held from the check to the rename. A layer whose lock another
@@ -113,13 +124,14 @@ def install_layers(ctx: StoreContext, source: ImageSource, layers: list[LayerDes
                 os.close(lock)
                 continue
             try:
-                work, meta = _unpack(ctx, source, layer, max_layer_size, (lowers or {}).get(layer.chain_id, ()))
+                work, meta = _unpack(ctx, source, layer, max_layer_size, (lowers or {}).get(layer.chain_id, ()),
+                                     reporter)
             except BaseException as e:
                 os.close(lock)
                 failure = e
                 break
             batch.append((layer, lock, work, meta))
-        _install(ctx, batch)
+        _install(ctx, batch, reporter)
     finally:
         for _, lock, work, _ in batch:
             os.close(lock)
@@ -130,17 +142,19 @@ def install_layers(ctx: StoreContext, source: ImageSource, layers: list[LayerDes
     for layer in deferred:
         with flocked(ctx.store.lock_path(f"layer-{layer.chain_id}")):
             if os.path.isdir(ctx.store.layer_dir(layer.chain_id)):
+                if reporter:
+                    reporter.done(layer)  # another command unpacked it meanwhile
                 continue
-            work, meta = _unpack(ctx, source, layer, max_layer_size, (lowers or {}).get(layer.chain_id, ()))
+            work, meta = _unpack(ctx, source, layer, max_layer_size, (lowers or {}).get(layer.chain_id, ()), reporter)
             try:
-                _install(ctx, [(layer, -1, work, meta)])
+                _install(ctx, [(layer, -1, work, meta)], reporter)
             finally:
                 if os.path.lexists(work):
                     remove_tree(work)
 
 
 def _unpack(ctx: StoreContext, source: ImageSource, layer: LayerDescriptor,
-            max_size: int | None = None, lowers: list[str] | tuple[str, ...] = ()) -> tuple[str, dict]:
+            max_size: int | None = None, lowers: list[str] | tuple[str, ...] = (), reporter=None) -> tuple[str, dict]:
     """Unpack and verify one layer into a new ``tmp/`` directory; (that directory, its metadata).
 
     ``lowers``: chain IDs of the layers below it, top first (only a base-directory layer needs them).
@@ -156,7 +170,7 @@ def _unpack(ctx: StoreContext, source: ImageSource, layer: LayerDescriptor,
         dest = _make_base_dir(ctx, diff, layer, lowers, chown) if layer.base_dir else diff
         with source.open_blob(layer) as raw:
             result = unpack_blob(
-                raw,
+                reporter.wrap(layer, raw) if reporter else raw,
                 dest,
                 digest=layer.digest if layer.verify_digest else None,
                 size=layer.size if layer.verify_size else None,
@@ -167,6 +181,8 @@ def _unpack(ctx: StoreContext, source: ImageSource, layer: LayerDescriptor,
                 what=layer.name,
                 max_size=max_size,
             )
+        if reporter:
+            reporter.verifying(layer)  # the digests are checked: what is left is the install
         if result.squashed_owners:
             log.warn("layer.owners-squashed", layer=layer.name, count=result.squashed_owners,
                      text=f"{layer.name}: {result.squashed_owners} files are owned by ids outside the store's "
@@ -215,7 +231,7 @@ def _make_base_dir(ctx: StoreContext, diff: str, layer: LayerDescriptor, lowers,
     return path
 
 
-def _install(ctx: StoreContext, batch: list[tuple[LayerDescriptor, int, str, dict]]) -> None:
+def _install(ctx: StoreContext, batch: list[tuple[LayerDescriptor, int, str, dict]], reporter=None) -> None:
     """One ``syncfs`` for the whole batch (durable before any rename), then the renames."""
     from .. import syscalls
 
@@ -229,6 +245,8 @@ def _install(ctx: StoreContext, batch: list[tuple[LayerDescriptor, int, str, dic
     for layer, _, work, _ in batch:
         os.rename(work, ctx.store.layer_dir(layer.chain_id))
         ensure_short_link(ctx, layer.chain_id)
+        if reporter:
+            reporter.done(layer)
 
 
 def make_temp_dir(parent: str, prefix: str) -> str:
@@ -300,20 +318,31 @@ def _spawn(tool: str, *args: str) -> int:
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
-def _run_forked(tasks: list[Callable[[], None]], max_workers: int,
-                own: Callable[[], None] | None = None) -> list[str | None]:
+def _run_forked(tasks: list[Callable[[Any], None]], max_workers: int,
+                own: Callable[[Any], None] | None = None, view=None) -> list[str | None]:
     """Run each task in a forked child, at most ``max_workers`` at once, and ``own`` here once
     they are started; collect error messages. An exception of ``own`` rises after the children
-    are reaped."""
+    are reaped. With a progress ``view``, the children report through a pipe that this process
+    reads while it unpacks its own share and while it waits."""
     import signal
 
     from .. import syscalls
 
     results: list[str | None] = [None] * len(tasks)
     running: dict[int, tuple[int, int]] = {}
+    progress_w = view.open_pipe() if view is not None else None
+
+    def wait_any() -> tuple[int, int]:
+        if view is None:
+            return os.wait()
+        while True:
+            view.poll(0.1)
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid:
+                return pid, status
 
     def reap_one() -> None:
-        pid, status = os.wait()
+        pid, status = wait_any()
         if pid not in running:
             return
         index, read_fd = running.pop(pid)
@@ -332,7 +361,12 @@ def _run_forked(tasks: list[Callable[[], None]], max_workers: int,
             try:
                 os.close(read_fd)
                 syscalls.set_pdeathsig(signal.SIGKILL)
-                task()
+                if progress_w is not None:
+                    from ..progress import PipeReporter
+
+                    task(PipeReporter(progress_w))
+                else:
+                    task(None)
             except GrootError as e:
                 os.write(write_fd, str(e).encode()[:8000])
                 code = 1
@@ -344,8 +378,10 @@ def _run_forked(tasks: list[Callable[[], None]], max_workers: int,
         running[pid] = (index, read_fd)
     try:
         if own is not None:
-            own()
+            own(view and view.reporter())
     finally:
         while running:
             reap_one()
+        if view is not None:
+            view.close_pipe()
     return results
