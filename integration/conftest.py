@@ -216,6 +216,17 @@ def _run_as(user: TestUser, cmd, *, check=True, input=None, env=None, timeout=12
     return r
 
 
+def popen_cli(user: TestUser, home, *args) -> subprocess.Popen:
+    """Start ``<RG_TEST_PYTHON> -m rootless_groot ARGS`` as ``user`` without waiting (text
+    pipes). setpriv and env exec, so the returned pid is the CLI's own (signals reach it)."""
+    env = user.base_env(str(home))
+    argv = [TEST_PYTHON, "-m", "rootless_groot", *map(str, args)]
+    prefix = user.prefix()
+    if prefix:
+        argv = [*prefix, "env", "-i", *[f"{k}={v}" for k, v in env.items()], *argv]
+    return subprocess.Popen(argv, env=env, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 # --------------------------------------------------------------------------- fixtures
 
 
@@ -252,15 +263,43 @@ def reap_test_user_processes(user: TestUser) -> list[int]:
     return killed
 
 
+KEEPER_PREFIX = "rootless-groot-keeper:"
+
+
+def session_keepers() -> dict[int, str]:
+    """Keepers this test session started (session mark) for stores under its test root:
+    pid -> store. Other sessions on the machine (parallel suites) are never counted."""
+    root = str(_test_root()) + "/"
+    found = {}
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            argv0 = (p / "cmdline").read_bytes().split(b"\0", 1)[0].decode(errors="replace")
+        except OSError:
+            continue
+        if argv0.startswith(KEEPER_PREFIX + root) and _has_session_mark(int(p.name)):
+            found[int(p.name)] = argv0[len(KEEPER_PREFIX):]
+    return found
+
+
 @pytest.fixture(scope="session")
 def test_user() -> TestUser:
     user = ensure_test_user()
     yield user
+    # No keeper the tests started may be left: every test deletes its stores, and a keeper
+    # whose store is gone ends by itself within a poll interval (namespace.POLL seconds).
+    deadline = time.monotonic() + 10
+    keepers = session_keepers()
+    while keepers and time.monotonic() < deadline:
+        time.sleep(0.1)
+        keepers = session_keepers()
     # nothing the tests started as the test user may outlive the session
     leftovers = reap_test_user_processes(user)
     if leftovers:
         sys.stderr.write(f"\nconftest: killed {len(leftovers)} leftover process(es) of "
                          f"{user.name}: {leftovers}\n")
+    assert not keepers, f"keepers left by the test session: {keepers}"
 
 
 @pytest.fixture
@@ -382,6 +421,28 @@ def store_dir(test_user, cli):
         # files owned by subordinate ids: remove them from inside a namespace
         subprocess.run(["unshare", "--user", "--map-root-user", "--map-auto", "rm", "-rf",
                         str(parent)], capture_output=True)
+
+
+@pytest.fixture
+def tmpfs_store(test_user, user_tmp, cli):
+    """``tmpfs_store(size)`` -> (mount point, store path): a store on a tmpfs of the test user's
+    (a small one is a full disk, for real); teardown deletes the store and unmounts."""
+    made = []
+
+    def make(size: str):
+        mnt = user_tmp / f"fs{len(made)}"
+        mnt.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},uid={test_user.uid},gid={test_user.gid},mode=0755",
+                        "tmpfs", str(mnt)], check=True)
+        made.append(mnt)
+        return mnt, str(mnt / "store")
+
+    yield make
+    for mnt in made:
+        subprocess.run(["mount", "-o", "remount,rw", str(mnt)], check=False)
+        cli("--store", str(mnt / "store"), "delete-store", check=False)
+        _kill_keeper(mnt / "store", test_user.uid)
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.fixture

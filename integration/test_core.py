@@ -243,9 +243,10 @@ def test_keeper_is_detached(cli, store_dir, rich_layout):
     with open(os.path.join(store_dir, "run", "keeper.pid")) as f:
         pid = int(f.read().split()[0])
     fds = os.listdir(f"/proc/{pid}/fd")
-    assert sorted(fds) == ["0", "1", "2"]
-    for fd in fds:
+    assert sorted(fds) == ["0", "1", "2", "3"]
+    for fd in ("0", "1", "2"):
         assert os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/null"
+    assert os.readlink(f"/proc/{pid}/fd/3") == store_dir  # it watches its store, nothing else
     assert os.getsid(pid) == pid or os.getsid(pid) != os.getsid(0)
 
 

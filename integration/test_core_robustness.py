@@ -4,13 +4,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import oci_builder as ob
 import pytest
-from conftest import TEST_PYTHON, _kill_keeper
+from conftest import popen_cli
 
 
 def layer_dirs(store) -> list[str]:
@@ -142,27 +141,25 @@ def test_twenty_parallel_creates_and_a_clean(cli, store_dir, user_tmp):
     assert len(os.listdir(os.path.join(store_dir, "images"))) == 20
 
 
-def test_sigkill_mid_unpack_leaves_store_usable(cli, store_dir, user_tmp, test_user):
+def start_big_unpack(cli, store_dir, user_tmp, test_user, image_id: str):
+    """A create of a 15,000-file layer, returned (as a Popen) once that layer is being unpacked
+    (its many/ dir appears in a tmp work dir), with its layout."""
     many = ob.Layer([ob.File(f"many/{i // 1000}/{i}", b"x" * 100) for i in range(15_000)], compression="gzip")
-    img = ob.busybox_image([many])
-    lay = ob.write_layout(user_tmp / "big", [img], tag="b")
+    lay = ob.write_layout(user_tmp / "big", [ob.busybox_image([many])], tag="b")
     cli("--store", store_dir, "init-store")
-    env = test_user.base_env(str(user_tmp))
-    argv = [TEST_PYTHON, "-m", "rootless_groot", "--store", store_dir, "create", lay.uri("b"), "k1"]
-    prefix = test_user.prefix()
-    if prefix:
-        argv = [*prefix, "env", "-i", *[f"{k}={v}" for k, v in env.items()], *argv]
-    proc = subprocess.Popen(argv, env=env, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = popen_cli(test_user, user_tmp, "--store", store_dir, "create", lay.uri("b"), image_id)
     deadline = time.monotonic() + 120
     tmp = os.path.join(store_dir, "tmp")
-    # wait until the big layer is being unpacked: its many/ dir appears in a tmp work dir
     while time.monotonic() < deadline and proc.poll() is None:
-        busy = [d for d in (os.listdir(tmp) if os.path.isdir(tmp) else [])
-                if os.path.isdir(os.path.join(tmp, d, "diff", "many"))]
-        if busy:
+        if any(os.path.isdir(os.path.join(tmp, d, "diff", "many")) for d in tmp_entries(store_dir)):
             break
         time.sleep(0.005)
-    assert proc.poll() is None, "create finished before it could be killed"
+    assert proc.poll() is None, "create finished before it could be stopped"
+    return proc, lay
+
+
+def test_sigkill_mid_unpack_leaves_store_usable(cli, store_dir, user_tmp, test_user):
+    proc, lay = start_big_unpack(cli, store_dir, user_tmp, test_user, "k1")
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
     # the killed layer never looks finished
@@ -170,23 +167,18 @@ def test_sigkill_mid_unpack_leaves_store_usable(cli, store_dir, user_tmp, test_u
                          if os.path.isdir(os.path.join(store_dir, "layers", c, "diff", "many"))]
     assert big_chain_present == []
     assert not os.path.exists(os.path.join(store_dir, "images", "k1"))
+    assert tmp_entries(store_dir) != []  # what the killed command was unpacking
     spec = json.loads(cli("--store", store_dir, "create", lay.uri("b"), "k1").stdout)
     assert spec["root"]["path"].endswith("/images/k1/rootfs")
+    assert tmp_entries(store_dir) == []  # reclaimed by the next create of those layers, no clean needed
     assert cli("--store", store_dir, "clean").stdout == "clean completed\n"
     assert tmp_entries(store_dir) == []
 
 
 @pytest.fixture
-def small_disk_store(test_user, user_tmp, cli):
+def small_disk_store(tmpfs_store):
     """A store on a 3 MiB tmpfs of the test user's: a full disk, for real."""
-    mnt = user_tmp / "small-disk"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size=3m,uid={test_user.uid},gid={test_user.gid},mode=0755",
-                    "tmpfs", str(mnt)], check=True)
-    yield str(mnt / "store")
-    cli("--store", str(mnt / "store"), "delete-store", check=False)
-    _kill_keeper(mnt / "store", test_user.uid)
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    return tmpfs_store("3m")[1]
 
 
 def test_full_disk_is_one_line_and_the_store_stays_usable(cli, small_disk_store, user_tmp, test_user):
@@ -196,6 +188,7 @@ def test_full_disk_is_one_line_and_the_store_stays_usable(cli, small_disk_store,
     r = cli("--store", store, "create", lay.uri("b"), "b1", check=False)
     assert r.returncode == 1
     assert len(r.stdout.splitlines()) == 1 and "No space left on device" in r.stdout, r.stdout
+    assert f"layer {big.layers[1].digest}" in r.stdout and f"{store}/tmp" in r.stdout, r.stdout  # which, where
     assert not os.path.exists(os.path.join(store, "images", "b1"))
     big_chain = [c for c in layer_dirs(store) if os.path.exists(os.path.join(store, "layers", c, "diff", "big"))]
     assert big_chain == []  # the layer that did not fit is not in the cache

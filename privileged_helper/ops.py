@@ -18,7 +18,7 @@ from .protocol import HelperError
 from .state import Registration, Roots, State, load_registration, save_registration
 
 # What an image dir may hold when it gets its limit (created by rootless-groot a moment ago).
-IMAGE_ENTRIES = {"diff", "work", "rootfs", "image.json"}
+IMAGE_ENTRIES = {"diff", "work", "rootfs", "image.json", "image.json.pending"}
 BTRFS_VOLUME = "vol"  # btrfs: diff/ and work/ live in this subvolume (rename must not cross subvolumes)
 
 
@@ -61,7 +61,7 @@ def _check_fresh(image_fd: int, uid: int, allowed: set[str]) -> None:
     if not set(names) <= allowed:
         raise denied()
     for name in names:
-        if name == "image.json":
+        if name in ("image.json", "image.json.pending"):
             check_plain_file(image_fd, name, uid)
         elif name in ("diff", "work", "rootfs"):
             fd, _ = open_child_dir(image_fd, name, uid)

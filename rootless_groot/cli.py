@@ -53,7 +53,9 @@ COMMANDS = {c.name: c for c in [
             metavar="N"),
         Opt("--with-direct-io", "true", help="accepted for GrootFS compatibility"),
     ]),
-    Command("delete-store", "unmount and remove the store and everything in it"),
+    Command("delete-store", "unmount and remove the store and everything in it", [
+        Opt("--force", "true", help="also when its store.json is corrupt or missing"),
+    ]),
     Command("create", "make a root filesystem for a container from an image", [
         Opt("--disk-limit-size-bytes", "int", help="disk limit for image + writes (see docs/quota.md)", metavar="N"),
         Opt("--exclude-image-from-quota", "true", help="count only the container's writes against the limit"),
@@ -114,8 +116,19 @@ def _print_json(doc: Any) -> None:
     sys.stdout.write(dumps(doc) + "\n")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: handled like Ctrl-C (partial work removed), exit status 143."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    import _signal  # builtin; the signal module would import enum
+
+    _signal.signal(_signal.SIGTERM, _on_sigterm)
     try:
         name, args = parse(argv, GLOBAL_OPTS, COMMANDS)
         if name == "--version":
@@ -131,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     except GrootError as e:
         log.error("command-failed", error=str(e))
         return _fail(str(e), e.exit_code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        if isinstance(e, Terminated):
+            return _fail("terminated", 143)
         return _fail("interrupted", 130)
     except OSError as e:
         log.error("command-failed", error=repr(e))
@@ -210,7 +225,7 @@ def _open_or_init(cfg):
 
 
 def cmd_create(args, cfg) -> int:
-    from .store.images import check_id, runtime_spec
+    from .store.images import check_id, runtime_spec, settle_image
 
     check_id(args.id)
     ctx = _open_or_init(cfg)
@@ -218,14 +233,15 @@ def cmd_create(args, cfg) -> int:
         from .garden import check_mount_visible
 
         check_mount_visible(ctx.store.root)
-    if os.path.exists(ctx.store.image_dir(args.id)):
+    ctx.check_writable()
+    if settle_image(ctx, args.id) != "absent":  # a dead command's half-made image is removed
         raise GrootError(f"image for id `{args.id}` already exists")
     _print_json(runtime_spec(ctx, _create(args, cfg, ctx, args.id)))
     return 0
 
 
 def _create(args, cfg, ctx, image_id: str):
-    from .store.images import create_image
+    from .store.images import create_image, retry_remounts
     from .store.layers import ensure_layers
     from .store.locks import flocked
 
@@ -254,6 +270,7 @@ def _create(args, cfg, ctx, image_id: str):
             ensure_layers(ctx, source, image.layers,
                           max_layer_size=limit if limit and not cfg.exclude_image_from_quota else None,
                           progress=_show_progress(args))
+            retry_remounts(ctx)  # images a remount failed for (one listdir when there are none)
             return create_image(ctx, image_id, [layer.chain_id for layer in image.layers], image.env,
                                 mount=not cfg.without_mount, quota=limit,
                                 exclude_image_from_quota=cfg.exclude_image_from_quota, config=image.config)
@@ -306,20 +323,14 @@ def cmd_stats(args, cfg) -> int:
 
 
 def cmd_list(args, cfg) -> int:
-    from .store.images import image_ids, read_image
+    from .store.images import image_ids
 
     ctx = _open(cfg)
     ids = image_ids(ctx)
     if args.json:
-        images = []
-        for image_id in ids:
-            try:
-                info = read_image(ctx, image_id)
-            except GrootError:
-                continue
-            images.append({"id": image_id, "path": ctx.store.image_dir(image_id), "size": info.size,
-                           "layers": len(info.layers), "mounted": info.mount})
-        _print_json({"images": images})
+        from .store.images import list_json
+
+        _print_json({"images": list_json(ctx, ids)})
     elif not ids:
         print("Store empty")
     else:
@@ -347,20 +358,9 @@ def cmd_capacity(args, cfg) -> int:
 
 
 def cmd_delete_store(args, cfg) -> int:
-    from . import namespace
-    from .mount import unmount
-    from .store.images import image_ids
-    from .store.layers import remove_tree
-    from .store.layout import Store
+    from .store.recovery import delete_store
 
-    if not Store(cfg.store).exists():
-        return 0
-    ctx = _open(cfg)
-    ctx.enter()
-    for image_id in image_ids(ctx):
-        unmount(os.path.join(ctx.store.image_dir(image_id), "rootfs"))
-    namespace.stop_keeper(ctx.store, ctx.meta.owner_uid if os.geteuid() == 0 else None)
-    remove_tree(ctx.store.root)
+    delete_store(cfg, force=args.force)
     return 0
 
 

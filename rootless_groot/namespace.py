@@ -2,22 +2,28 @@
 
 The first command that needs the namespace starts the keeper: a detached process that
 unshares a user and a mount namespace, gets the store's ID mapping written by
-``newuidmap``/``newgidmap`` (or directly, for a single-ID mapping), and then sleeps. Every
+``newuidmap``/``newgidmap`` (or directly, for a single-ID mapping), and then waits. Every
 later command joins it with ``setns`` (one join per command), so the mapping is set up once
 and overlay mounts made inside live on between commands. If the keeper is gone (reboot,
 killed), the next command starts a new one and the caller remounts the images.
+
+The keeper ends with its store: it is a ``/bin/sh`` loop (about 2 MB) that holds the store
+directory open and checks every ``POLL`` seconds, with the shell's built-in ``test -ef``, that
+the store path still names that directory; removed or replaced, the keeper exits. It is found
+by its ``argv[0]`` (``rootless-groot-keeper:<store>``) when ``run/keeper.pid`` is lost.
 """
 from __future__ import annotations
 
 import os
 
-from . import log, syscalls
+from . import log
 from .errors import NamespaceError
 from .mappings import IDMapping, is_single_id, newidmap_args
 from .store.layout import Store, StoreMeta
 from .store.locks import flocked
 
 KEEPER_NAME = "rootless-groot-keeper"
+POLL = 2  # seconds between the keeper's checks that its store still exists
 
 
 def keeper_pid_path(store: Store) -> str:
@@ -28,23 +34,70 @@ def _keeper_argv0(store: Store) -> bytes:
     return f"{KEEPER_NAME}:{store.root}".encode()
 
 
+def is_keeper(pid: int, store: Store, owner_uid: int | None = None) -> bool:
+    """Whether ``pid`` is a keeper of this store that belongs to us (or to ``owner_uid``: root
+    looking for the store owner's keeper)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv0 = f.read().split(b"\0", 1)[0]
+        return argv0 == _keeper_argv0(store) and os.stat(f"/proc/{pid}").st_uid == (
+            os.getuid() if owner_uid is None else owner_uid)
+    except OSError:
+        return False
+
+
 def running_keeper(store: Store, owner_uid: int | None = None) -> int | None:
     """The pid of this store's live keeper, or None.
 
     A pid alone could be reused, so the process must also carry the store in its argv[0]
-    and belong to us (or to ``owner_uid``: root looking for the store owner's keeper).
+    and belong to us (or to ``owner_uid``). Without a usable pid file, the keeper is looked
+    for in ``/proc``.
     """
     try:
         with open(keeper_pid_path(store)) as f:
             pid = int(f.readline())
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv0 = f.read().split(b"\0", 1)[0]
-        if argv0 != _keeper_argv0(store) or os.stat(f"/proc/{pid}").st_uid != (
-                os.getuid() if owner_uid is None else owner_uid):
-            return None
+        if is_keeper(pid, store, owner_uid):
+            return pid
     except (OSError, ValueError):
+        pass
+    found = find_keepers(store, owner_uid)
+    if not found:
         return None
-    return pid
+    if owner_uid is None:
+        _write_pid_file(store, found[0])  # found without its pid file: record it again
+    return found[0]
+
+
+def _write_pid_file(store: Store, pid: int) -> None:
+    tmp = f"{keeper_pid_path(store)}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            f.write(f"{pid}\n")
+        os.rename(tmp, keeper_pid_path(store))
+    except OSError as e:
+        log.debug("keeper.pid-file-failed", error=str(e))
+
+
+def find_keepers(store: Store, owner_uid: int | None = None) -> list[int]:
+    """Every live keeper of this store that belongs to us, oldest first, found in ``/proc``.
+
+    A keeper forking its ``sleep`` shows the same argv[0] for an instant: only processes
+    whose parent is not a keeper of the store count.
+    """
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and is_keeper(int(name), store, owner_uid):
+            found.append(int(name))
+    keepers = []
+    for pid in found:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid not in found:
+            keepers.append(pid)
+    return sorted(keepers)
 
 
 def _sleep_binary() -> str:
@@ -115,6 +168,8 @@ def _keeper_main(ready_w: int, go_r: int, close_fds: tuple[int, int], store: Sto
     os.closerange(low, 1 << 30)
     os.chdir("/")
     os.write(ready_w, f"{os.getpid()}\n".encode())
+    from . import syscalls
+
     try:
         syscalls.unshare(syscalls.CLONE_NEWUSER | syscalls.CLONE_NEWNS)
     except OSError as e:
@@ -129,7 +184,17 @@ def _keeper_main(ready_w: int, go_r: int, close_fds: tuple[int, int], store: Sto
         syscalls.mount("none", "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
     except OSError:
         pass
-    os.execv(sleep_bin, [_keeper_argv0(store).decode(), "infinity"])
+    # Hold the store directory as fd 3; end when its path names another directory or none.
+    try:
+        fd = os.open(store.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        os._exit(1)
+    if fd != 3:
+        os.dup2(fd, 3)
+        os.close(fd)
+    os.set_inheritable(3, True)
+    script = f'while [ /proc/self/fd/3 -ef "$0" ]; do {sleep_bin} {POLL}; done'
+    os.execv("/bin/sh", [_keeper_argv0(store).decode(), "-c", script, store.root])
 
 
 def _check_apparmor() -> None:
@@ -200,16 +265,15 @@ def ensure_keeper(store: Store, meta: StoreMeta, newuidmap: str, newgidmap: str)
             raise
         finally:
             os.close(go_w)
-        tmp = keeper_pid_path(store) + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(f"{pid}\n")
-        os.rename(tmp, keeper_pid_path(store))
+        _write_pid_file(store, pid)
         log.info("keeper.started", pid=pid, store=store.root)
         return pid, True
 
 
 def join(pid: int) -> None:
     """setns into the keeper's user then mount namespace. Must be called while single-threaded."""
+    from . import syscalls
+
     try:
         user_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
         mnt_fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
@@ -233,11 +297,21 @@ def join(pid: int) -> None:
 
 
 def stop_keeper(store: Store, owner_uid: int | None = None) -> None:
-    """Kill the store's keeper (its mounts vanish with its mount namespace)."""
+    """Kill the store's keepers, with or without a pid file (their mounts vanish with their
+    mount namespace)."""
+    pids = set(find_keepers(store, owner_uid))
     pid = running_keeper(store, owner_uid)
     if pid is not None:
+        pids.add(pid)
+    for pid in pids:
         try:
-            os.kill(pid, 9)  # SIGKILL: the keeper only sleeps
+            # SIGKILL to its process group (set up by the keeper's setsid): the keeper and
+            # the `sleep` it may be waiting for, which would otherwise linger a moment.
+            group = os.getpgid(pid)
+            if group != os.getpgrp() and group > 1:
+                os.killpg(group, 9)
+            else:
+                os.kill(pid, 9)
         except ProcessLookupError:
             pass
     try:

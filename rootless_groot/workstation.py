@@ -20,6 +20,11 @@ def _prepare(ctx: StoreContext, info, cmd, env_flags, workdir, terminal: bool) -
     if not info.mount:
         raise GrootError(f"image `{info.image_id}` was created with --without-mount: its rootfs is not mounted")
     ctx.enter()
+    from .store.images import ensure_mounted
+
+    error = ensure_mounted(ctx, info)  # never run in an empty rootfs
+    if error:
+        raise GrootError(error)
     rootfs = os.path.join(ctx.store.image_dir(info.image_id), "rootfs")
     process = process_spec(rootfs, info.config, info.env, cmd, env_flags, workdir, terminal, dict(os.environ))
     if not find_executable(rootfs, process["args"][0], process["env"], process["cwd"]):
@@ -31,7 +36,7 @@ def run(args, cfg, ctx: StoreContext, create: Callable) -> int:
     """Create (or reuse ``--name``) the image, run the container in the store's namespace, pass
     the exit status back; ``--rm`` deletes the image afterwards, whatever happened."""
     from .runtime import bundle_config, container_name, find_runtime, run_runtime, write_bundle
-    from .store.images import check_id, delete_image, read_image
+    from .store.images import check_id, delete_image, read_image, settle_image
     from .store.layers import make_temp_dir, remove_tree
 
     image_id = args.name or f"run-{os.urandom(4).hex()}"
@@ -39,7 +44,7 @@ def run(args, cfg, ctx: StoreContext, create: Callable) -> int:
     if args.tty and not os.isatty(0):
         raise UsageError("-t needs a terminal: the input is not a TTY")
     runtime = find_runtime(args.runtime)
-    if args.name and os.path.isdir(ctx.store.image_dir(image_id)):
+    if args.name and settle_image(ctx, image_id) != "absent":  # a half-made one is removed
         info = read_image(ctx, image_id)
     else:
         info = create(args, cfg.replace(without_mount=False), ctx, image_id)

@@ -22,6 +22,7 @@ class StoreContext:
         self.meta = meta
         self.config = config
         self.in_namespace = False
+        self.keeper_pid: int | None = None  # the keeper joined, if any
 
     @classmethod
     def open(cls, config: Config) -> "StoreContext":
@@ -44,6 +45,18 @@ class StoreContext:
             raise StoreError(f"store {store.root} belongs to uid {meta.owner_uid}, not to you (uid {os.getuid()})")
         return cls(store, meta.replace(rootless=True), config)
 
+    def check_writable(self) -> None:
+        """Refuse to change a store whose filesystem is read-only here (the keeper's copy of
+        the mount may still be writable if it was remounted read-only after the keeper started)."""
+        if self.in_namespace:
+            return
+        try:
+            readonly = os.statvfs(self.store.root).f_flag & os.ST_RDONLY
+        except OSError:
+            return
+        if readonly:
+            raise StoreError(f"store {self.store.root} is on a read-only filesystem: nothing was changed")
+
     def enter(self) -> None:
         """Make the store's files fully reachable: join the keeper's namespaces (rootless only).
 
@@ -57,6 +70,7 @@ class StoreContext:
         pid, fresh = namespace.ensure_keeper(self.store, self.meta, self.config.newuidmap_bin, self.config.newgidmap_bin)
         namespace.join(pid)
         self.in_namespace = True
+        self.keeper_pid = pid
         if fresh:
             from .images import remount_all
 

@@ -11,7 +11,7 @@ import os
 from .. import log
 from ..errors import GrootError
 from .context import StoreContext
-from .images import image_ids, read_image
+from .images import half_made_ids, image_ids, read_image, settle_image
 from .layers import layer_size, remove_tree
 from .locks import flocked
 
@@ -37,10 +37,13 @@ def _layer_ids(ctx: StoreContext) -> set[str]:
 
 def clean(ctx: StoreContext, threshold: int) -> bool:
     """Remove what no image needs. Returns False if the threshold was not reached."""
+    ctx.check_writable()
     ctx.enter()
     with flocked(ctx.store.lock_path("gc")):
         if threshold > 0 and store_usage(ctx) <= threshold:
             return False
+        for image_id in half_made_ids(ctx):  # left by killed commands (live ones hold their lock)
+            settle_image(ctx, image_id)
         layers = _layer_ids(ctx)
         unused: set[str] = set(layers)
         for image_id in image_ids(ctx):

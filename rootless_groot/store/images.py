@@ -1,6 +1,16 @@
-"""Images: one per container, ``images/<id>/{diff,work,rootfs,image.json}``."""
+"""Images: one per container, ``images/<id>/{diff,work,rootfs,image.json}``.
+
+An image is real once its ``image.json`` exists (docs/consistency.md). ``create`` builds the
+directory in ``tmp/`` with the record under the name ``image.json.pending``, renames it into
+``images/``, mounts it and only then renames the record to ``image.json``; ``delete`` renames
+``image.json`` back to the pending name first. A directory in ``images/`` without
+``image.json`` is half-made: never listed, and removed by the next ``create`` or ``delete`` of
+its id or by ``clean``, unless the command making or removing it still runs (it holds an
+exclusive flock on the image directory for as long as the image is not settled).
+"""
 from __future__ import annotations
 
+import errno
 import os
 
 from .. import log
@@ -15,6 +25,7 @@ if TYPE_CHECKING:
     from .context import StoreContext
 
 IMAGE_META = "image.json"
+PENDING_META = "image.json.pending"  # the record of a half-made image: not a marker
 IMAGE_SUBDIRS = ("diff", "work", "rootfs")  # upperdir, workdir, mountpoint
 
 
@@ -50,8 +61,8 @@ def check_id(image_id: str) -> None:
         raise UsageError(f"id `{image_id}` is not a valid image id")
 
 
-def read_image(ctx: StoreContext, image_id: str) -> ImageInfo:
-    path = os.path.join(ctx.store.image_dir(image_id), IMAGE_META)
+def read_image(ctx: StoreContext, image_id: str, name: str = IMAGE_META) -> ImageInfo:
+    path = os.path.join(ctx.store.image_dir(image_id), name)
     try:
         with open(path) as f:
             data = loads(f.read())
@@ -60,15 +71,87 @@ def read_image(ctx: StoreContext, image_id: str) -> ImageInfo:
                          data.get("config") if isinstance(data.get("config"), dict) else None)
     except FileNotFoundError:
         raise NotFound(f"Image `{image_id}` not found.") from None
-    except (ValueError, KeyError, TypeError):
-        raise GrootError(f"image metadata {path} is corrupt") from None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise GrootError(f"image metadata {path} is corrupt: `delete {image_id}` removes the image") from None
 
 
 def image_ids(ctx: StoreContext) -> list[str]:
+    """The real images (those with an ``image.json``), sorted."""
     try:
-        return sorted(os.listdir(ctx.store.images))
+        names = os.listdir(ctx.store.images)
     except FileNotFoundError:
         return []
+    images = ctx.store.images
+    return sorted(n for n in names if os.path.lexists(os.path.join(images, n, IMAGE_META)))
+
+
+def is_real(ctx: StoreContext, image_id: str) -> bool:
+    return os.path.lexists(os.path.join(ctx.store.image_dir(image_id), IMAGE_META))
+
+
+def lock_image_dir(path: str, wait: bool = True) -> int | None:
+    """An exclusive flock on the image directory at ``path``: its fd, None if there is no
+    directory there, -1 if another command holds it and ``wait`` is False."""
+    import fcntl
+
+    for _ in range(100):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return -1
+        try:
+            st = os.stat(path, follow_symlinks=False)
+            mine = os.fstat(fd)
+            if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+                return fd
+        except FileNotFoundError:
+            os.close(fd)
+            return None
+        os.close(fd)  # replaced while we waited: lock the new one
+    raise GrootError(f"image directory {path} keeps changing")
+
+
+def settle_image(ctx: StoreContext, image_id: str) -> str:
+    """``absent``, ``real`` or ``busy`` (another command is creating or deleting it).
+
+    A half-made image left by a command that died is removed here (it becomes ``absent``).
+    Joins the store's namespace only when there is something to remove.
+    """
+    path = ctx.store.image_dir(image_id)
+    if not os.path.lexists(path):
+        return "absent"
+    if is_real(ctx, image_id):
+        return "real"
+    if not os.path.isdir(path) or os.path.islink(path):
+        os.unlink(path)  # not ours: nothing in images/ is ever a file
+        return "absent"
+    ctx.enter()
+    fd = lock_image_dir(path, wait=False)
+    if fd is None:
+        return "absent"
+    if fd == -1:
+        return "busy"
+    try:
+        if is_real(ctx, image_id):
+            return "real"
+        _remove_image_dir(ctx, image_id)
+        log.info("image.half-made-removed", id=image_id)
+        return "absent"
+    finally:
+        os.close(fd)
+
+
+def half_made_ids(ctx: StoreContext) -> list[str]:
+    try:
+        names = os.listdir(ctx.store.images)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if not is_real(ctx, n))
 
 
 def _lowerdirs(ctx: StoreContext, info: ImageInfo) -> tuple[list[str], list[str]]:
@@ -93,17 +176,104 @@ def mount_image(ctx: StoreContext, info: ImageInfo) -> None:
     )
 
 
-def remount_all(ctx: StoreContext) -> None:
-    """After a keeper restart: mount every image that the store keeps mounted."""
+def _flag_path(ctx: StoreContext, image_id: str) -> str:
+    return os.path.join(ctx.store.run, "unmounted", image_id)
+
+
+def _set_flag(ctx: StoreContext, image_id: str, error: str | None) -> None:
+    """Remember (or forget) that an image which should be mounted is not."""
+    path = _flag_path(ctx, image_id)
+    if error is None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        return
+    os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
+    with open(path, "w") as f:
+        f.write(error + "\n")
+
+
+def ensure_mounted(ctx: StoreContext, info: ImageInfo) -> str | None:
+    """Mount an image that should be mounted and is not (inside the namespace): None when it
+    is mounted now, else why not (also remembered in ``run/unmounted/<id>`` for the next
+    ``create``, ``stats`` and ``list --json`` to try again)."""
     from ..mount import is_mountpoint
 
+    image_dir = ctx.store.image_dir(info.image_id)
+    rootfs = os.path.join(image_dir, "rootfs")
+    if not info.mount or is_mountpoint(rootfs):
+        return None
+    lock = lock_image_dir(image_dir)  # one remount at a time, never of an image being deleted
+    if lock is None:
+        return None
+    try:
+        if is_mountpoint(rootfs) or not is_real(ctx, info.image_id):
+            return None
+        mount_image(ctx, info)
+    except GrootError as e:
+        error = f"image `{info.image_id}` should be mounted and cannot be remounted: {e}"
+        log.error("image.remount-failed", id=info.image_id, error=str(e))
+        _set_flag(ctx, info.image_id, error)
+        return error
+    finally:
+        os.close(lock)
+    _set_flag(ctx, info.image_id, None)
+    log.info("image.remounted", id=info.image_id)
+    return None
+
+
+def mount_in_doubt(ctx: StoreContext, info: ImageInfo) -> bool:
+    """Whether an image the store keeps mounted may not be, found without the namespace: a
+    remount of it failed, or (rootless) no keeper holds the mounts, or (as root) it is not."""
+    if not info.mount:
+        return False
+    if os.path.lexists(_flag_path(ctx, info.image_id)):
+        return True
+    if ctx.meta.rootless:
+        if ctx.in_namespace:
+            return False  # joined: a new keeper has remounted what it could
+        from ..namespace import running_keeper
+
+        return running_keeper(ctx.store) is None
+    from ..mount import is_mountpoint
+
+    return not is_mountpoint(os.path.join(ctx.store.image_dir(info.image_id), "rootfs"))
+
+
+def remount_all(ctx: StoreContext) -> None:
+    """After a keeper restart: mount every image that the store keeps mounted."""
     for image_id in image_ids(ctx):
         try:
             info = read_image(ctx, image_id)
-            if info.mount and not is_mountpoint(os.path.join(ctx.store.image_dir(image_id), "rootfs")):
-                mount_image(ctx, info)
         except GrootError as e:
             log.error("image.remount-failed", id=image_id, error=str(e))
+            continue
+        error = ensure_mounted(ctx, info)
+        if error:
+            log.warn("image.remount-failed", id=image_id, text=error)
+
+
+def retry_remounts(ctx: StoreContext) -> None:
+    """Try again to mount the images a remount failed for (one ``listdir`` when there are none)."""
+    try:
+        flagged = os.listdir(os.path.join(ctx.store.run, "unmounted"))
+    except FileNotFoundError:
+        return
+    for image_id in flagged:
+        try:
+            info = read_image(ctx, image_id)
+        except GrootError:
+            _set_flag(ctx, image_id, None)  # deleted meanwhile (or unreadable: delete handles it)
+            continue
+        ctx.enter()
+        error = ensure_mounted(ctx, info)
+        if error:
+            log.warn("image.remount-failed", id=image_id, text=error)
+
+
+def flag_unmounted(ctx: StoreContext, image_id: str, why: str) -> None:
+    _set_flag(ctx, image_id, f"image `{image_id}` should be mounted and is not: {why}")
 
 
 def runtime_spec(ctx: StoreContext, info: ImageInfo) -> dict:
@@ -134,6 +304,7 @@ def create_image(ctx: StoreContext, image_id: str, layers: list[str], env: list[
         ensure_short_link(ctx, chain_id)
     info = ImageInfo(image_id, layers, env, size, mount, quota, exclude_image_from_quota, config)
     work = make_temp_dir(store.tmp, f"image-{image_id[:32]}-")
+    lock = -1
     try:
         for sub in IMAGE_SUBDIRS:
             os.mkdir(os.path.join(work, sub), 0o755)
@@ -142,15 +313,18 @@ def create_image(ctx: StoreContext, image_id: str, layers: list[str], env: list[
             # As root with mappings, the container's root owns its image (GrootFS does the same).
             for path in (work, *(os.path.join(work, sub) for sub in IMAGE_SUBDIRS)):
                 os.chown(path, *owner)
-        with open(os.path.join(work, IMAGE_META), "w") as f:
+        with open(os.path.join(work, PENDING_META), "w") as f:
             f.write(dumps(info.to_json()))
+        lock = lock_image_dir(work)  # held until the image is real (or removed again)
         try:
             os.rename(work, store.image_dir(image_id))
         except OSError as e:
-            if os.path.isdir(store.image_dir(image_id)):
+            if os.path.lexists(store.image_dir(image_id)):
                 raise GrootError(f"image for id `{image_id}` already exists") from None
             raise GrootError(f"cannot create image `{image_id}`: {e.strerror}") from None
     except BaseException:
+        if lock is not None and lock >= 0:
+            os.close(lock)
         remove_tree(work)
         raise
     try:
@@ -160,10 +334,34 @@ def create_image(ctx: StoreContext, image_id: str, layers: list[str], env: list[
             quota_mod.apply_limit(ctx, info)
         if mount:
             mount_image(ctx, info)
+        _write_marker(store.image_dir(image_id), info)  # now it is real
     except BaseException:
         _remove_image_dir(ctx, image_id)
         raise
+    finally:
+        os.close(lock)  # type: ignore[arg-type]
+    if mount and ctx.keeper_pid is not None:
+        from ..namespace import is_keeper
+
+        if not is_keeper(ctx.keeper_pid, store):
+            # The keeper died while we ran: our mount went with its namespace; the next
+            # command (a new keeper) mounts the image again.
+            flag_unmounted(ctx, image_id, "the store's keeper was stopped while it was created")
     return info
+
+
+def _write_marker(image_dir: str, info: ImageInfo) -> None:
+    """Write ``image.json`` whole (a new file, then a rename), then drop the pending record.
+
+    Not a rename of the pending record: with an XFS disk limit the directory now has a project
+    ID that files made before it do not carry, and XFS refuses such renames (EXDEV).
+    """
+    final = os.path.join(image_dir, IMAGE_META)
+    tmp = f"{final}.tmp"
+    with open(tmp, "w") as f:
+        f.write(dumps(info.to_json()))
+    os.rename(tmp, final)
+    os.unlink(os.path.join(image_dir, PENDING_META))
 
 
 def _remove_image_dir(ctx: StoreContext, image_id: str) -> None:
@@ -179,11 +377,21 @@ def _remove_image_dir(ctx: StoreContext, image_id: str) -> None:
         from ..mount import is_mountpoint, unmount
 
         rootfs = os.path.join(image_dir, "rootfs")
-        unmount(rootfs)
+        for _ in range(8):  # two remounts racing may have stacked mounts
+            unmount(rootfs)
+            if not is_mountpoint(rootfs):
+                break
         if is_mountpoint(rootfs):  # never remove through a mount (the lower layers are shared)
             raise GrootError(f"cannot delete image `{image_id}`: {rootfs} is still mounted")
     doomed = make_temp_dir(ctx.store.tmp, f"deleted-{image_id[:32]}-")
-    os.rename(image_dir, os.path.join(doomed, "image"))
+    try:
+        os.rename(image_dir, os.path.join(doomed, "image"))
+    except OSError as e:
+        if e.errno != errno.EXDEV:  # XFS: a directory tagged with a project ID stays where it is
+            raise
+        os.rmdir(doomed)
+        doomed = image_dir
+    _set_flag(ctx, image_id, None)
     if outside:
         try:
             remove_in_process(doomed)
@@ -205,15 +413,42 @@ def _quota_for(ctx: StoreContext, info: ImageInfo):
 
 
 def delete_image(ctx: StoreContext, image_id: str) -> None:
-    """Unmount, release the quota, and remove an image (rename first: it vanishes atomically)."""
-    info = read_image(ctx, image_id)
-    quota_mod = _quota_for(ctx, info)
-    if info.mount or quota_mod:  # else _remove_image_dir joins only if the files need it
+    """Make the image gone, whatever its metadata: unreal first (``image.json`` renamed to the
+    pending name), then release its quota, unmount it and remove it (renamed into ``tmp/``)."""
+    image_dir = ctx.store.image_dir(image_id)
+    if not os.path.lexists(image_dir):
+        raise NotFound(f"Image `{image_id}` not found.")
+    info: ImageInfo | None = None
+    for name in (IMAGE_META, PENDING_META):
+        try:
+            info = read_image(ctx, image_id, name)
+            break
+        except GrootError as e:  # corrupt or missing: delete it all the same
+            if not isinstance(e, NotFound):
+                log.error("image.corrupt-metadata", id=image_id, error=str(e))
+    ctx.check_writable()
+    quota_mod = _quota_for(ctx, info) if info is not None else None
+    if info is None or info.mount or quota_mod:  # else _remove_image_dir joins only if the files need it
         ctx.enter()
     with flocked(ctx.store.lock_path("gc"), exclusive=False):
-        if quota_mod:
-            quota_mod.release(ctx, info)
-        _remove_image_dir(ctx, image_id)
+        if not os.path.isdir(image_dir) or os.path.islink(image_dir):
+            if not os.path.lexists(image_dir):
+                raise NotFound(f"Image `{image_id}` not found.")
+            os.unlink(image_dir)
+            return
+        lock = lock_image_dir(image_dir)  # waits for a create of this id still in flight
+        if lock is None:
+            raise NotFound(f"Image `{image_id}` not found.")
+        try:
+            try:
+                os.rename(os.path.join(image_dir, IMAGE_META), os.path.join(image_dir, PENDING_META))
+            except FileNotFoundError:
+                pass
+            if quota_mod and info is not None:
+                quota_mod.release(ctx, info)
+            _remove_image_dir(ctx, image_id)
+        finally:
+            os.close(lock)
     log.info("image.deleted", id=image_id)
 
 
@@ -249,6 +484,11 @@ def image_stats(ctx: StoreContext, image_id: str) -> dict:
         from .. import quota
 
         exclusive = quota.exclusive_usage(ctx, info)
+    if mount_in_doubt(ctx, info):
+        ctx.enter()
+        error = ensure_mounted(ctx, info)
+        if error:
+            raise GrootError(error)
     if exclusive is None:
         diff = os.path.join(ctx.store.image_dir(image_id), "diff")
         try:  # as the user first: the namespace is needed only for directories it cannot read
@@ -263,3 +503,26 @@ def image_stats(ctx: StoreContext, image_id: str) -> dict:
         "committed_space_bytes": info.size + info.quota,
     }}
 
+
+
+def list_json(ctx: StoreContext, ids: list[str]) -> list[dict]:
+    """``list --json``: every real image; ``mounted`` is the truth (a remount is tried first
+    when in doubt), and an image that cannot be used carries an ``error``."""
+    images = []
+    for image_id in ids:
+        entry: dict = {"id": image_id, "path": ctx.store.image_dir(image_id)}
+        try:
+            info = read_image(ctx, image_id)
+        except GrootError as e:
+            entry.update({"size": 0, "layers": 0, "mounted": False, "error": str(e)})
+            images.append(entry)
+            continue
+        error = None
+        if mount_in_doubt(ctx, info):
+            ctx.enter()
+            error = ensure_mounted(ctx, info)
+        entry.update({"size": info.size, "layers": len(info.layers), "mounted": info.mount and not error})
+        if error:
+            entry["error"] = error
+        images.append(entry)
+    return images

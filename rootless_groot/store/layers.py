@@ -7,6 +7,7 @@ killed halfway leaves only a directory in ``tmp/``, which ``clean`` removes.
 """
 from __future__ import annotations
 
+import errno
 import os
 import time
 
@@ -26,12 +27,43 @@ LAYER_META = "layer.json"
 
 
 def layer_size(ctx: StoreContext, chain_id: str) -> int:
-    """Bytes of regular files in the layer, as recorded at unpack time."""
+    """Bytes of regular files in the layer, as recorded at unpack time (rebuilt if damaged)."""
+    path = os.path.join(ctx.store.layer_dir(chain_id), LAYER_META)
     try:
-        with open(os.path.join(ctx.store.layer_dir(chain_id), LAYER_META)) as f:
+        with open(path) as f:
             return int(loads(f.read())["size"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
+    except FileNotFoundError:
+        if not os.path.isdir(ctx.store.layer_dir(chain_id)):
+            return 0
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return rebuild_layer_meta(ctx, chain_id)["size"]
+
+
+def rebuild_layer_meta(ctx: StoreContext, chain_id: str) -> dict:
+    """A damaged or missing ``layer.json``: size and entry count counted again from the files
+    (the digests it held are lost; ``check`` then relies on the layer's manifest)."""
+    size = entries = 0
+    for root, dirs, files in os.walk(ctx.store.layer_diff(chain_id)):
+        entries += len(dirs) + len(files)
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            if st.st_mode & 0o170000 == 0o100000:
+                size += st.st_size
+    meta = {"chain_id": chain_id, "size": size, "entries": entries, "rebuilt": True}
+    path = os.path.join(ctx.store.layer_dir(chain_id), LAYER_META)
+    log.warn("layer.meta-rebuilt", chain_id=chain_id, text=f"{path} was damaged: rebuilt (size {size})")
+    try:
+        tmp = f"{path}.tmp.{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(dumps(meta))
+        os.rename(tmp, path)
+    except OSError as e:  # read-only or not ours: the count still serves this command
+        log.debug("layer.meta-rebuild-failed", error=str(e))
+    return meta
 
 
 def ensure_layers(ctx: StoreContext, source: ImageSource, layers: list[LayerDescriptor],
@@ -124,6 +156,7 @@ def install_layers(ctx: StoreContext, source: ImageSource, layers: list[LayerDes
                 os.close(lock)
                 continue
             try:
+                _reclaim(ctx, layer.chain_id)
                 work, meta = _unpack(ctx, source, layer, max_layer_size, (lowers or {}).get(layer.chain_id, ()),
                                      reporter)
             except BaseException as e:
@@ -145,12 +178,23 @@ def install_layers(ctx: StoreContext, source: ImageSource, layers: list[LayerDes
                 if reporter:
                     reporter.done(layer)  # another command unpacked it meanwhile
                 continue
+            _reclaim(ctx, layer.chain_id)
             work, meta = _unpack(ctx, source, layer, max_layer_size, (lowers or {}).get(layer.chain_id, ()), reporter)
             try:
                 _install(ctx, [(layer, -1, work, meta)], reporter)
             finally:
                 if os.path.lexists(work):
                     remove_tree(work)
+
+
+def _reclaim(ctx: StoreContext, chain_id: str) -> None:
+    """Remove what a killed command left of this layer in ``tmp/``: only the holder of the
+    layer's lock (us, now) ever unpacks it, so any such directory is dead."""
+    prefix = f"layer-{chain_id}-"
+    for name in os.listdir(ctx.store.tmp):
+        if name.startswith(prefix):
+            log.info("layer.partial-reclaimed", chain_id=chain_id, path=name)
+            remove_tree(os.path.join(ctx.store.tmp, name))
 
 
 def _unpack(ctx: StoreContext, source: ImageSource, layer: LayerDescriptor,
@@ -162,7 +206,7 @@ def _unpack(ctx: StoreContext, source: ImageSource, layer: LayerDescriptor,
     from ..layers.pipeline import unpack_blob
 
     started = time.monotonic()
-    work = make_temp_dir(ctx.store.tmp, f"layer-{layer.chain_id[:12]}-")
+    work = make_temp_dir(ctx.store.tmp, f"layer-{layer.chain_id}-")
     chown = ctx.meta.rootless or os.geteuid() == 0
     try:
         diff = os.path.join(work, "diff")
@@ -196,6 +240,11 @@ def _unpack(ctx: StoreContext, source: ImageSource, layer: LayerDescriptor,
         with open(os.path.join(work, LAYER_META), "w") as f:
             f.write(dumps(meta))
         os.chmod(work, 0o755)
+    except OSError as e:
+        remove_tree(work)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise GrootError(f"{layer.name}: {e.strerror} while unpacking into {ctx.store.tmp}") from None
+        raise
     except BaseException:
         remove_tree(work)
         raise
@@ -351,37 +400,64 @@ def _run_forked(tasks: list[Callable[[Any], None]], max_workers: int,
         if os.waitstatus_to_exitcode(status) != 0:
             results[index] = message or f"layer worker died with status {os.waitstatus_to_exitcode(status)}"
 
-    for index, task in enumerate(tasks):
-        while len(running) >= max_workers:
-            reap_one()
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                os.close(read_fd)
-                syscalls.set_pdeathsig(signal.SIGKILL)
-                if progress_w is not None:
-                    from ..progress import PipeReporter
-
-                    task(PipeReporter(progress_w))
-                else:
-                    task(None)
-            except GrootError as e:
-                os.write(write_fd, str(e).encode()[:8000])
-                code = 1
-            except BaseException as e:  # noqa: BLE001 - reported to the parent as one line
-                os.write(write_fd, f"unpacking failed: {e!r}".encode()[:8000])
-                code = 2
-            os._exit(code)
-        os.close(write_fd)
-        running[pid] = (index, read_fd)
+    own_error: BaseException | None = None
     try:
+        for index, task in enumerate(tasks):
+            while len(running) >= max_workers:
+                reap_one()
+            read_fd, write_fd = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                code = 0
+                try:
+                    os.close(read_fd)
+                    syscalls.set_pdeathsig(signal.SIGKILL)
+                    if progress_w is not None:
+                        from ..progress import PipeReporter
+
+                        task(PipeReporter(progress_w))
+                    else:
+                        task(None)
+                except GrootError as e:
+                    os.write(write_fd, str(e).encode()[:8000])
+                    code = 1
+                except BaseException as e:  # noqa: BLE001 - reported to the parent as one line
+                    os.write(write_fd, f"unpacking failed: {e!r}".encode()[:8000])
+                    code = 2
+                os._exit(code)
+            os.close(write_fd)
+            running[pid] = (index, read_fd)
         if own is not None:
-            own(view and view.reporter())
-    finally:
+            try:
+                own(view and view.reporter())
+            except KeyboardInterrupt:
+                raise
+            except BaseException as e:  # noqa: BLE001 - raised once the workers are done
+                own_error = e
         while running:
             reap_one()
+    except KeyboardInterrupt:
+        # Interrupted (SIGTERM, Ctrl-C), here or while waiting: the workers remove their
+        # partial layers, then we go.
+        for pid in running:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        while running:
+            try:
+                pid, _ = os.wait()
+                running.pop(pid, None)
+            except (ChildProcessError, KeyboardInterrupt):
+                break
+        raise
+    except BaseException:
+        while running:
+            reap_one()
+        raise
+    finally:
         if view is not None:
             view.close_pipe()
+    if own_error is not None:
+        raise own_error
     return results

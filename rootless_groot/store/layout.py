@@ -27,6 +27,12 @@ SHORT_ID_LEN = 16
 SUBDIRS = ("layers", "l", "images", "tmp", "locks", "run")
 
 
+def corrupt_meta(path: str) -> StoreError:
+    root = os.path.dirname(path)
+    return StoreError(f"store metadata {path} is corrupt: restore it, or remove the store with "
+                      f"`rootless-groot --store {root} delete-store --force` (its images are lost)")
+
+
 class StoreMeta(Record):
     """What ``init-store`` recorded: checked by every later command."""
 
@@ -59,8 +65,8 @@ class StoreMeta(Record):
                 gid_mappings=parse_mappings(data["gid_mappings"]),
                 rootless=bool(data["rootless"]),
             )
-        except (KeyError, TypeError, ValueError):
-            raise StoreError(f"store metadata {path} is corrupt") from None
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise corrupt_meta(path) from None
 
 
 class Store:
@@ -107,8 +113,10 @@ class Store:
             if isinstance(e, PermissionError):
                 raise StoreError(f"store {self.root} belongs to another user") from None
             raise StoreError(f"no store found at {self.root}") from None
-        except ValueError:
-            raise StoreError(f"store metadata {self.meta_path} is corrupt") from None
+        except (ValueError, UnicodeDecodeError):
+            raise corrupt_meta(self.meta_path) from None
+        if not isinstance(data, dict):
+            raise corrupt_meta(self.meta_path)
         return StoreMeta.from_json(data, self.meta_path)
 
     def write_meta(self, meta: StoreMeta) -> None:
