@@ -744,6 +744,8 @@ def unpack_layer(tar_stream: BinaryIO, dest: str, *, chown: bool = True, allow_d
                 try:
                     if not 0 <= member.size < 1 << 62:
                         raise ValueError(f"invalid size {member.size}")
+                    if not (0 <= member.uid < 1 << 32 and 0 <= member.gid < 1 << 32):
+                        raise ValueError(f"invalid owner id {member.uid}:{member.gid}")
                     unpacker.entry(tar, member)
                 except OSError as exc:
                     if exc.errno in _ENVIRONMENT_ERRNOS:

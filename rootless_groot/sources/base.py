@@ -188,7 +188,8 @@ def image_from_documents(manifest: dict[str, Any], config_bytes: bytes, config_d
     if not isinstance(layers_doc, list) or not layers_doc:
         raise ImageError(f"{what} has no layers")
     if not isinstance(diff_ids, list) or len(diff_ids) != len(layers_doc):
-        raise ImageError(f"{what}: the config lists {len(diff_ids or [])} diffIDs for {len(layers_doc)} layers")
+        count = len(diff_ids) if isinstance(diff_ids, list) else 0
+        raise ImageError(f"{what}: the config lists {count} diffIDs for {len(layers_doc)} layers")
     chains = chain_ids(diff_ids)
     layers = []
     for i, (layer_doc, diff_id, chain) in enumerate(zip(layers_doc, diff_ids, chains)):
@@ -200,7 +201,10 @@ def image_from_documents(manifest: dict[str, Any], config_bytes: bytes, config_d
             raise ImageError(f"layer {digest} of {what} has malformed urls")
         base_dir = _base_dir(layer_doc.get("annotations"), f"layer {digest} of {what}")
         layers.append(LayerDescriptor(chain, digest, size, diff_id, media_type, tuple(urls), base_dir))
-    env = (config.get("config") or {}).get("Env") or []
+    inner = config.get("config") or {}
+    if not isinstance(inner, dict):
+        raise ImageError(f"config of {what} is malformed")
+    env = inner.get("Env") or []
     if not isinstance(env, list) or not all(isinstance(e, str) for e in env):
         raise ImageError(f"config of {what} has a malformed Env")
     return ResolvedImage(layers, env, manifest_digest, config_digest, run_config(config, what))
