@@ -139,9 +139,91 @@ def scenario(a, res: dict) -> dict:
     with open("/var/lib/rootless-groot-helper/projids.json") if os.path.exists(
             "/var/lib/rootless-groot-helper/projids.json") else open(os.devnull) as f:
         res["state"] = f.read()
+    if a.fs == "btrfs":
+        btrfs_limits(a, user, store, res)
     if a.abuse and a.fs == "xfs":
         res["abuse"] = abuse(a, user, store)
+        res["caps"] = per_user_caps(a, user, store)
     return res
+
+
+def btrfs_limits(a, user: User, store: str, res: dict) -> None:
+    """img3 holds 4 MiB: a 1-byte limit is refused, a limit below the usage is accepted and can
+    be cleared (the kernel answers EDQUOT when that is done through the volume itself); after a
+    delete no qgroup is left <stale>."""
+    from rootless_groot.quota import store_name
+
+    req = {"v": 1, "store": store_name(store), "image": "img3"}
+    res["btrfs_one_byte"] = user.helper({**req, "op": "set", "bytes": 1})["answer"]
+    res["btrfs_below_usage"] = user.helper({**req, "op": "set", "bytes": 256 << 10})["answer"]
+    res["btrfs_write_over"] = write(user, store, "img3", "c", 1)
+    res["btrfs_clear_over"] = user.helper({**req, "op": "clear"})["answer"]
+    res["btrfs_set_again"] = user.helper({**req, "op": "set", "bytes": 10 * MIB})["answer"]
+    res["btrfs_delete"] = user.cli(store, "delete", "img3")
+    mnt = os.path.dirname(store)
+    sh("btrfs", "subvolume", "sync", mnt, check=False)
+    res["btrfs_create_after"] = user.cli(store, "create", "--disk-limit-size-bytes", str(10 * MIB), a.layout,
+                                         "img4")
+    res["btrfs_qgroups"] = sh("btrfs", "qgroup", "show", mnt, check=False).stdout
+
+
+CAP_LOOP = r"""
+import json, os, shutil, subprocess, sys
+store, name, helper, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+
+def ask(image):
+    req = {"v": 1, "op": "set", "store": name, "image": image, "bytes": 1 << 20}
+    r = subprocess.run([helper], input=json.dumps(req).encode(), capture_output=True, timeout=60)
+    return json.loads(r.stdout)
+
+def fresh(image):
+    d = f"{store}/images/{image}"
+    os.mkdir(d)
+    for sub in ("diff", "work", "rootfs"):
+        os.mkdir(f"{d}/{sub}")
+    return image
+
+answers = [ask(fresh(f"loop{i}")) for i in range(count)]
+out = {"ok": sum(1 for a in answers if a.get("ok")), "last": answers[-1]}
+for i in range(5):  # images deleted without clear: their IDs come back once the cap is reached
+    shutil.rmtree(f"{store}/images/loop{i}")
+out["after_delete"] = ask(fresh("loop-again"))
+print(json.dumps(out))
+"""
+
+
+def per_user_caps(a, user: User, store: str) -> dict:
+    """One user's set loop hits their cap; another user is still served, and the state stays small."""
+    from privileged_helper.ops import register
+    from rootless_groot.quota import store_name
+
+    with open("/var/lib/rootless-groot-helper/projids.json") as f:
+        mine = sum(1 for rec in json.load(f)["alloc"].values() if rec["uid"] == a.uid)
+    cap = mine + 30
+    with open("/etc/rootless-groot/helper.json", "w") as f:
+        json.dump({"max_allocations_per_user": cap}, f)
+    r = user.run(a.python, "-c", CAP_LOOP, store, store_name(store), HELPER, "60", timeout=1200)
+    try:
+        out = json.loads(r["out"].splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"error": r}
+    out["cap"], out["before"] = cap, mine
+    other_uid = 61003
+    store2 = os.path.join(os.path.dirname(store), "other-store")
+    for d in (store2, f"{store2}/images", f"{store2}/images/x", f"{store2}/images/x/diff",
+              f"{store2}/images/x/work", f"{store2}/images/x/rootfs"):
+        os.mkdir(d)
+        os.chown(d, other_uid, other_uid)
+    register("other-store", store2, other_uid)
+    req = json.dumps({"v": 1, "op": "set", "store": "other-store", "image": "x", "bytes": 1 << 20})
+    r2 = sh("setpriv", f"--reuid={other_uid}", f"--regid={other_uid}", "--clear-groups", HELPER, input=req,
+            check=False, cwd="/")
+    try:
+        out["other_user"] = json.loads(r2.stdout)
+    except ValueError:
+        out["other_user"] = {"raw": r2.stdout, "err": r2.stderr}
+    out["state_size"] = os.stat("/var/lib/rootless-groot-helper/projids.json").st_size
+    return out
 
 
 def _rc(r) -> dict:

@@ -117,3 +117,12 @@ def test_xfs_project_quota_acceptance_and_abuse(test_user, scenario_dir):
     assert len(set(ids)) == 100 and min(ids) >= 100000
     assert abuse["after_kill"]["ok"], abuse["after_kill"]
     assert len(abuse["state_ids"]) == len(set(abuse["state_ids"]))
+    # One user's set loop reaches their cap (a clear refusal) but never blocks another user;
+    # IDs of images deleted without clear come back once the cap is reached.
+    caps = res["caps"]
+    assert "error" not in caps, caps
+    assert caps["ok"] == caps["cap"] - caps["before"], caps
+    assert caps["last"]["error"] == "exhausted" and "max_allocations_per_user" in caps["last"]["message"], caps
+    assert caps["after_delete"]["ok"], caps
+    assert caps["other_user"]["ok"], caps
+    assert caps["state_size"] < 1 << 20

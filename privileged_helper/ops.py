@@ -15,7 +15,7 @@ from typing import Any
 from . import btrfs, xfs
 from .paths import as_caller, check_plain_file, denied, entries, fs_magic, open_child_dir, open_registered
 from .protocol import HelperError
-from .state import Registration, Roots, State, load_registration, save_registration
+from .state import Registration, Roots, State, load_config, load_registration, save_registration
 
 # What an image dir may hold when it gets its limit (created by rootless-groot a moment ago).
 IMAGE_ENTRIES = {"diff", "work", "rootfs", "image.json", "image.json.pending"}
@@ -32,6 +32,7 @@ def handle(req: dict[str, Any], ruid: int, rgid: int, roots: Roots | None = None
         st = os.fstat(store_fd)
         if st.st_uid not in (reg.owner_uid, 0):
             raise denied()
+        capped = ruid != 0  # per-user caps bind users, not root (Garden's plugin, admins)
         if ruid == 0 and reg.owner_uid != 0:
             # Root (Garden's plugin on a store with mappings) acts for the store's owner: the
             # image dirs are the owner's, and the owner may clear what root set.
@@ -39,7 +40,7 @@ def handle(req: dict[str, Any], ruid: int, rgid: int, roots: Roots | None = None
         if reg.fs == "xfs":
             if fs_magic(store_fd) != xfs.XFS_SUPER_MAGIC or not xfs.project_quota_enforced(store_fd):
                 raise HelperError("unsupported", "the store's filesystem is not XFS with project quotas enforced")
-            return _xfs(req, reg, roots, store_fd, ruid, rgid)
+            return _xfs(req, reg, roots, store_fd, ruid, rgid, capped)
         if fs_magic(store_fd) != btrfs.BTRFS_SUPER_MAGIC or not btrfs.quota_enabled(store_fd):
             raise HelperError("unsupported", "the store's filesystem is not btrfs with quotas enabled")
         return _btrfs(req, store_fd, ruid, rgid)
@@ -75,7 +76,8 @@ def _check_fresh(image_fd: int, uid: int, allowed: set[str]) -> None:
 # ---------------------------------------------------------------------------- XFS
 
 
-def _xfs(req: dict[str, Any], reg: Registration, roots: Roots, store_fd: int, ruid: int, rgid: int) -> dict[str, Any]:
+def _xfs(req: dict[str, Any], reg: Registration, roots: Roots, store_fd: int, ruid: int, rgid: int,
+         capped: bool = True) -> dict[str, Any]:
     with as_caller(ruid, rgid):
         image_fd, ist = _open_image(store_fd, req["image"], ruid)
     try:
@@ -99,13 +101,20 @@ def _xfs(req: dict[str, Any], reg: Registration, roots: Roots, store_fd: int, ru
                 xfs.set_limit(store_fd, alloc.projid, 0)
                 state.free(alloc.projid)
                 return {"ok": True}
+            config = load_config(roots) if capped else None
             if alloc is None:
                 with as_caller(ruid, rgid):
                     _check_fresh(image_fd, ruid, IMAGE_ENTRIES)
                 _collect_stale(state, reg.name, store_fd)
+                if config and len(state.of_user(ruid)) >= config.max_allocations_per_user:
+                    _collect_stale_of_user(state, ruid, roots)
+            if config:
+                state.check_user_caps(ruid, config, req["bytes"], alloc)
+            if alloc is None:
                 alloc = state.allocate(reg.name, ruid, ist.st_dev, ist.st_ino, req["image"],
                                        lambda p: _xfs_unused(store_fd, p))
             limit = xfs.set_limit(store_fd, alloc.projid, req["bytes"])
+            state.set_bytes(alloc.projid, limit)
             # Limit first, then tag: never a tagged directory without its limit.
             with as_caller(ruid, rgid):
                 _tag(image_fd, alloc.projid, ruid)
@@ -128,6 +137,28 @@ def _collect_stale(state: State, store: str, store_fd: int) -> None:
         if _xfs_unused(store_fd, alloc.projid):
             xfs.set_limit(store_fd, alloc.projid, 0)
             state.free(alloc.projid)
+
+
+def _collect_stale_of_user(state: State, uid: int, roots: Roots) -> None:
+    """The caller is at the cap: free their IDs, in any of their XFS stores, that nothing carries."""
+    stores = {a.store for a in state.of_user(uid)}
+    for name in stores:
+        reg = load_registration(roots, name)
+        if reg is None:
+            for a in [a for a in state.of_user(uid) if a.store == name]:
+                state.free(a.projid)  # the store is no longer registered
+            continue
+        if reg.fs != "xfs":
+            continue
+        try:
+            fd = open_registered(reg.path)
+        except (OSError, HelperError):
+            continue
+        try:
+            if fs_magic(fd) == xfs.XFS_SUPER_MAGIC:
+                _collect_stale(state, name, fd)
+        finally:
+            os.close(fd)
 
 
 def _tag(image_fd: int, projid: int, uid: int) -> None:
@@ -161,11 +192,15 @@ def _btrfs(req: dict[str, Any], store_fd: int, ruid: int, rgid: int) -> dict[str
             raise denied()
         if req["op"] == "get":
             return {"ok": True, **btrfs.get_qgroup(vol_fd)}
+        if req["op"] == "set" and req["bytes"] < btrfs.MIN_LIMIT:
+            raise HelperError("invalid", f"btrfs limits start at {btrfs.MIN_LIMIT} bytes")
+        qgroup = btrfs.subvol_id(vol_fd)
+        # Through the store's fd: through the volume's own, a qgroup over its limit gets EDQUOT.
+        limit = btrfs.set_limit(store_fd, req["bytes"] if req["op"] == "set" else 0, qgroup)
+        btrfs.remove_stale_qgroups(store_fd)
         if req["op"] == "clear":
-            btrfs.set_limit(vol_fd, 0)
             return {"ok": True}
-        limit = btrfs.set_limit(vol_fd, req["bytes"])
-        return {"ok": True, "qgroup": btrfs.subvol_id(vol_fd), "bytes": limit}
+        return {"ok": True, "qgroup": qgroup, "bytes": limit}
     finally:
         os.close(vol_fd)
 

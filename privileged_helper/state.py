@@ -26,7 +26,10 @@ CONFIG_DIR = "/etc/rootless-groot"
 STATE_DIR = "/var/lib/rootless-groot-helper"
 PROJID_MIN = 100_000  # never 0 (no project) or 1; above IDs admins typically hand out by hand
 PROJID_MAX = 0x7FFF_FFFF
-MAX_FILE = 1 << 20
+MAX_FILE = 1 << 20  # a registration or the helper's config
+MAX_STATE_FILE = 64 << 20  # the allocations: each user holds at most max_allocations_per_user of them
+MAX_ALLOCATIONS_PER_USER = 1024  # defaults of helper.json
+MAX_BYTES_PER_USER = 0  # 0: no cap on the sum of one user's limits
 MAX_SCAN = 4096  # candidate IDs looked at per allocation before giving up (exhausted)
 FS_TYPES = ("xfs", "btrfs")
 
@@ -92,7 +95,7 @@ def open_trusted_dir(path: str, create: bool = False, mode: int = 0o755) -> int:
         raise
 
 
-def _read_trusted_file(dir_fd: int, name: str) -> bytes | None:
+def _read_trusted_file(dir_fd: int, name: str, max_size: int = MAX_FILE) -> bytes | None:
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
     except FileNotFoundError:
@@ -102,9 +105,9 @@ def _read_trusted_file(dir_fd: int, name: str) -> bytes | None:
     try:
         st = os.fstat(fd)
         _check_root_owned(st, stat.S_ISREG, name)
-        if st.st_size > MAX_FILE:
+        if st.st_size > max_size:
             raise HelperError("failed", f"{name}: too large")
-        return os.read(fd, MAX_FILE + 1)
+        return os.read(fd, max_size + 1)  # a regular file: one read returns it whole
     finally:
         os.close(fd)
 
@@ -131,6 +134,44 @@ def _open_rw_dir(path: str, create: bool, mode: int) -> int:
         return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=pfd)
     finally:
         os.close(pfd)
+
+
+# ---------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class HelperConfig:
+    """``<config_dir>/helper.json`` (root-owned, optional): per-user caps.
+
+    ``{"max_allocations_per_user": 1024, "max_bytes_per_user": 0}``: how many images one
+    user may have a disk limit on at once (XFS project IDs), and the sum of those limits in
+    bytes (0: no cap). They bound what one user can make the shared state hold.
+    """
+
+    max_allocations_per_user: int = MAX_ALLOCATIONS_PER_USER
+    max_bytes_per_user: int = MAX_BYTES_PER_USER
+
+
+def load_config(roots: Roots) -> HelperConfig:
+    try:
+        dfd = open_trusted_dir(roots.config_dir)
+    except FileNotFoundError:
+        return HelperConfig()
+    try:
+        raw = _read_trusted_file(dfd, "helper.json")
+    finally:
+        os.close(dfd)
+    if raw is None:
+        return HelperConfig()
+    try:
+        doc = json.loads(raw)
+        config = HelperConfig(**doc)
+    except (ValueError, TypeError):
+        raise HelperError("failed", "helper.json is corrupt") from None
+    for value in (config.max_allocations_per_user, config.max_bytes_per_user):
+        if type(value) is not int or value < 0:
+            raise HelperError("failed", "helper.json is corrupt")
+    return config
 
 
 # ---------------------------------------------------------------------------- registrations
@@ -198,9 +239,11 @@ class Allocation:
     dev: int
     ino: int
     image: str
+    bytes: int = 0  # the limit set on it
 
     def to_json(self) -> dict[str, Any]:
-        return {"store": self.store, "uid": self.uid, "dev": self.dev, "ino": self.ino, "image": self.image}
+        return {"store": self.store, "uid": self.uid, "dev": self.dev, "ino": self.ino, "image": self.image,
+                "bytes": self.bytes}
 
     def matches(self, store: str, uid: int, dev: int, ino: int) -> bool:
         return (self.store, self.uid, self.dev, self.ino) == (store, uid, dev, ino)
@@ -240,7 +283,7 @@ class State:
         self.lock_fd = self.dir_fd = -1
 
     def _load(self) -> None:
-        raw = _read_trusted_file(self.dir_fd, self.FILE)
+        raw = _read_trusted_file(self.dir_fd, self.FILE, MAX_STATE_FILE)
         self.allocs = {}
         if raw is None:
             return
@@ -249,7 +292,7 @@ class State:
             for key, rec in doc["alloc"].items():
                 pid = int(key)
                 self.allocs[pid] = Allocation(pid, rec["store"], int(rec["uid"]), int(rec["dev"]), int(rec["ino"]),
-                                              rec["image"])
+                                              rec["image"], int(rec.get("bytes", 0)))
         except (ValueError, KeyError, TypeError, AttributeError):
             raise HelperError("failed", "state file is corrupt") from None
 
@@ -290,3 +333,25 @@ class State:
 
     def of_store(self, store: str) -> list[Allocation]:
         return [a for a in self.allocs.values() if a.store == store]
+
+    def of_user(self, uid: int) -> list[Allocation]:
+        return [a for a in self.allocs.values() if a.uid == uid]
+
+    def check_user_caps(self, uid: int, config: HelperConfig, limit: int, current: Allocation | None) -> None:
+        """Refuse a new allocation over the per-user count, or a limit over the per-user total."""
+        mine = self.of_user(uid)
+        if current is None and len(mine) >= config.max_allocations_per_user:
+            raise HelperError("exhausted", f"at most {config.max_allocations_per_user} images with a disk "
+                                           "limit per user (helper.json: max_allocations_per_user)")
+        if config.max_bytes_per_user:
+            total = sum(a.bytes for a in mine if current is None or a.projid != current.projid) + limit
+            if total > config.max_bytes_per_user:
+                raise HelperError("exhausted", f"the disk limits of one user may add up to "
+                                               f"{config.max_bytes_per_user} bytes (helper.json: max_bytes_per_user)")
+
+    def set_bytes(self, projid: int, limit: int) -> None:
+        alloc = self.allocs.get(projid)
+        if alloc is not None and alloc.bytes != limit:
+            self.allocs[projid] = Allocation(alloc.projid, alloc.store, alloc.uid, alloc.dev, alloc.ino, alloc.image,
+                                             limit)
+            self.save()

@@ -271,35 +271,63 @@ def _run(argv: list[str]) -> None:
     except FileNotFoundError:
         raise QuotaError(f"{argv[0]} not found: install xfsprogs") from None
     if proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip().replace("\n", " ")
+        detail = ((proc.stderr or proc.stdout).strip().splitlines() or [""])[0][:300]
         raise QuotaError(f"{' '.join(argv[:2])} failed: {detail}")
 
 
-def make_backing_store(root: str, size: int) -> str:
-    """A sparse XFS file next to the store, mounted on it with prjquota,noatime (GrootFS's layout)."""
+def _make_dirs(path: str, undo: list) -> None:
+    """``os.makedirs`` that records, in ``undo``, how to remove what it created."""
+    missing = []
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for path in reversed(missing):
+        os.mkdir(path, 0o700)
+        undo.append(lambda path=path: None if os.path.ismount(path) else _remove_tree(path))
+
+
+def _remove_tree(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def make_backing_store(root: str, size: int, undo: list | None = None) -> str:
+    """A sparse XFS file next to the store, mounted on it with prjquota,noatime (GrootFS's layout).
+
+    ``undo`` gets how to take back each step that was done (file, mount, directories).
+    """
+    undo = [] if undo is None else undo
     backing = root + ".backing-store"
-    os.makedirs(root, mode=0o700, exist_ok=True)
+    _make_dirs(root, undo)
     if os.path.ismount(root):
         return backing
     if os.listdir(root):
         raise QuotaError(f"cannot mount a backing store on {root}: the directory is not empty")
     if not os.path.exists(backing):
         fd = os.open(backing, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        undo.append(lambda: os.unlink(backing))
         try:
             os.ftruncate(fd, size)
         finally:
             os.close(fd)
         _run(["mkfs.xfs", "-q", "-f", backing])
     _run(["mount", "-o", "loop,prjquota,noatime", backing, root])
+    undo.append(lambda: _run(["umount", root]))
     return backing
 
 
 def init_quota_store(cfg, size: int, uid_mappings, gid_mappings, explicit: bool):
-    """``init-store --store-size-bytes N`` (root): quota filesystem, owner, registration, store."""
+    """``init-store --store-size-bytes N`` (root): quota filesystem, owner, registration, store.
+
+    A failure takes back what this call did (registration, mount, backing file, directories it
+    created), so a failed init-store leaves nothing behind.
+    """
     from .mappings import to_host
     from .store.context import init_store
     from privileged_helper.ops import register
     from privileged_helper.protocol import HelperError
+    from privileged_helper.state import Roots, remove_registration
 
     if size < 0:
         raise QuotaError("store size must be positive")
@@ -311,19 +339,31 @@ def init_quota_store(cfg, size: int, uid_mappings, gid_mappings, explicit: bool)
     owner_gid = to_host(tuple(gid_mappings), 0) if gid_mappings else 0
     owner_uid = 0 if owner_uid is None else owner_uid
     owner_gid = 0 if owner_gid is None else owner_gid
-    backing = None
-    if not _quota_fs(root):
-        backing = make_backing_store(root, size)
-    os.makedirs(root, mode=0o700, exist_ok=True)
-    os.chown(root, owner_uid, owner_gid)
-    os.chmod(root, 0o700)
+    undo: list = []
     try:
-        register(store_name(root), root, owner_uid, backing)
-    except HelperError as e:
-        raise QuotaError(f"cannot register {root} with the quota helper: {e.detail or e.code}") from None
-    if owner_uid == 0:
-        return init_store(cfg, uid_mappings, gid_mappings, explicit)
-    _init_as(owner_uid, owner_gid, lambda: init_store(cfg, uid_mappings, gid_mappings, explicit))
+        backing = None
+        if not _quota_fs(root):
+            backing = make_backing_store(root, size, undo)
+        _make_dirs(root, undo)
+        os.chown(root, owner_uid, owner_gid)
+        os.chmod(root, 0o700)
+        registered = registration(root) is not None
+        try:
+            register(store_name(root), root, owner_uid, backing)
+        except HelperError as e:
+            raise QuotaError(f"cannot register {root} with the quota helper: {e.detail or e.code}") from None
+        if not registered:
+            undo.append(lambda: remove_registration(Roots(), store_name(root)))
+        if owner_uid == 0:
+            return init_store(cfg, uid_mappings, gid_mappings, explicit)
+        _init_as(owner_uid, owner_gid, lambda: init_store(cfg, uid_mappings, gid_mappings, explicit))
+    except BaseException:
+        for step in reversed(undo):
+            try:
+                step()
+            except (OSError, QuotaError):
+                pass
+        raise
     from .store.layout import Store
 
     return Store(cfg.store).read_meta()

@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from privileged_helper.protocol import HelperError
-from privileged_helper.state import (Registration, Roots, State, load_registration, open_trusted_dir,
+from privileged_helper.state import (Allocation, Registration, Roots, State, load_config, load_registration, open_trusted_dir,
                                      remove_registration, save_registration)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the helper's files must be root-owned: run as root")
@@ -165,3 +165,79 @@ def test_registrations(roots):
         load_registration(roots, "sabc")
     assert remove_registration(roots, "sabc")
     assert load_registration(roots, "sabc") is None
+
+
+# -- per-user caps (helper.json) -------------------------------------------------------------------
+
+def write_config(roots, doc):
+    os.makedirs(roots.config_dir, mode=0o755, exist_ok=True)
+    with open(f"{roots.config_dir}/helper.json", "w") as f:
+        f.write(json.dumps(doc) if not isinstance(doc, str) else doc)
+
+
+def test_default_caps_without_config(roots):
+    config = load_config(roots)
+    assert config.max_allocations_per_user == 1024 and config.max_bytes_per_user == 0
+
+
+def test_a_user_at_the_allocation_cap_is_refused_and_others_are_not(roots):
+    write_config(roots, {"max_allocations_per_user": 3})
+    config = load_config(roots)
+    with State(roots) as st:
+        for i in range(3):
+            st.check_user_caps(1000, config, 1 << 20, None)
+            st.allocate("s1", 1000, 1, 5000 + i, f"img{i}", lambda p: True)
+        with pytest.raises(HelperError) as e:
+            st.check_user_caps(1000, config, 1 << 20, None)
+        assert e.value.code == "exhausted" and "max_allocations_per_user" in e.value.detail
+        st.check_user_caps(1000, config, 1 << 20, st.allocs[min(st.allocs)])  # changing an existing limit: fine
+        st.check_user_caps(2000, config, 1 << 20, None)  # another user: fine
+        st.allocate("s2", 2000, 1, 6000, "theirs", lambda p: True)
+
+
+def test_the_sum_of_one_users_limits_is_capped(roots):
+    write_config(roots, {"max_bytes_per_user": 10 << 20})
+    config = load_config(roots)
+    with State(roots) as st:
+        a = st.allocate("s1", 1000, 1, 1, "a", lambda p: True)
+        st.set_bytes(a.projid, 6 << 20)
+        with pytest.raises(HelperError) as e:
+            st.check_user_caps(1000, config, 5 << 20, None)
+        assert e.value.code == "exhausted" and "max_bytes_per_user" in e.value.detail
+        st.check_user_caps(1000, config, 4 << 20, None)
+        st.check_user_caps(1000, config, 10 << 20, st.allocs[a.projid])  # raising its own limit to the cap
+        st.check_user_caps(2000, config, 10 << 20, None)
+    with State(roots) as st:  # the limit is remembered
+        assert st.allocs[a.projid].bytes == 6 << 20
+
+
+@pytest.mark.parametrize("doc", ['{"max_allocations_per_user": -1}', '{"unknown": 1}', "not json",
+                                 '{"max_bytes_per_user": 1.5}'])
+def test_a_corrupt_config_is_refused(roots, doc):
+    write_config(roots, doc)
+    with pytest.raises(HelperError) as e:
+        load_config(roots)
+    assert e.value.code == "failed"
+
+
+def test_an_untrusted_config_is_refused(roots):
+    write_config(roots, {"max_allocations_per_user": 100000})
+    os.chown(f"{roots.config_dir}/helper.json", 1000, 1000)
+    with pytest.raises(HelperError):
+        load_config(roots)
+
+
+def test_one_user_at_the_cap_cannot_grow_the_state_file_past_what_others_need(roots):
+    """1024 allocations with the longest image ids stay far below the state file's limit."""
+    from privileged_helper.state import MAX_ALLOCATIONS_PER_USER, MAX_STATE_FILE
+
+    big = Roots(config_dir=roots.config_dir, state_dir=roots.state_dir, projid_min=1000, projid_max=10 ** 6)
+    with State(big) as st:
+        for i in range(MAX_ALLOCATIONS_PER_USER):
+            st.allocs[1000 + i] = Allocation(1000 + i, "s" * 64, 1000, 2 ** 63, 2 ** 63, "i" * 255, 2 ** 62)
+        st.save()
+    size = os.stat(f"{roots.state_dir}/projids.json").st_size
+    assert size * 50 < MAX_STATE_FILE
+    with State(big) as st:
+        st.check_user_caps(2000, load_config(big), 1 << 20, None)
+        assert len(st.of_user(1000)) == MAX_ALLOCATIONS_PER_USER
