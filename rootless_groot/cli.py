@@ -228,6 +228,7 @@ def cmd_create(args, cfg) -> int:
     from .store.images import check_id, runtime_spec, settle_image
 
     check_id(args.id)
+    _start_registry_check(args, cfg)
     ctx = _open_or_init(cfg)
     if ctx.meta.rootless and not cfg.without_mount:
         from .garden import check_mount_visible
@@ -407,6 +408,18 @@ def _show_progress(args: Args) -> bool:
     return not getattr(args, "quiet", False) and sys.stderr.isatty()
 
 
+def _start_registry_check(args: Args, cfg) -> None:
+    """Send the HEAD a cached docker:// resolution needs now: the registry answers while the
+    store is opened and its cache read (``_image_source`` picks it up)."""
+    from .refs import parse_ref
+    from .sources import start_check
+
+    try:
+        args.pending_head = start_check(parse_ref(args.image), _registry_options(args, cfg))
+    except GrootError:  # a bad reference: reported where it always was, after the store checks
+        args.pending_head = None
+
+
 def _image_source(args: Args, cfg):
     """The source of ``args.image``, with the platform and registry options of the flags."""
     from .refs import parse_ref
@@ -414,7 +427,8 @@ def _image_source(args: Args, cfg):
     from .sources.base import parse_platform
 
     platform = parse_platform(args.platform) if args.platform else None
-    return open_source(parse_ref(args.image), platform, **_registry_options(args, cfg))
+    return open_source(parse_ref(args.image), platform, pending_head=getattr(args, "pending_head", None),
+                       **_registry_options(args, cfg))
 
 
 def cmd_pull(args, cfg) -> int:

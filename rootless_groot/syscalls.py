@@ -3,14 +3,52 @@
 Python 3.12 added ``os.unshare``/``os.setns``, but we support 3.11 (Debian 12's
 interpreter), and ``mount``, the new mount API and ``openat2`` are in no version.
 Every wrapper raises ``OSError`` with the real errno, so callers can react to it.
+
+The bindings use the ``_ctypes`` extension directly: the ``ctypes`` package around it costs
+~1.1 ms to import (its type classes, ``_c._endian``), a tenth of a mounted create.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import struct
 
-_libc = ctypes.CDLL(None, use_errno=True)
+import _ctypes
+
+
+class _c:  # the few C types the calls below pass (LP64: long and size_t are 64 bits)
+    class c_int(_ctypes._SimpleCData):
+        _type_ = "i"
+
+    class c_uint(_ctypes._SimpleCData):
+        _type_ = "I"
+
+    class c_long(_ctypes._SimpleCData):
+        _type_ = "l"
+
+    class c_ulong(_ctypes._SimpleCData):
+        _type_ = "L"
+
+    c_size_t = c_ulong
+    get_errno = staticmethod(_ctypes.get_errno)
+
+
+class _Function(_ctypes.CFuncPtr):
+    _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+    _restype_ = _c.c_int
+
+
+class _Libc:
+    """Functions of the C library, looked up on first use (like ``_c.CDLL(None)``)."""
+
+    _handle = _ctypes.dlopen(None, os.RTLD_NOW)
+
+    def __getattr__(self, name: str) -> _Function:
+        function = _Function((name, self))
+        setattr(self, name, function)
+        return function
+
+
+_libc = _Libc()
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
@@ -45,12 +83,12 @@ RESOLVE_BENEATH = 0x08
 RESOLVE_IN_ROOT = 0x10
 
 _syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
+_syscall.restype = _c.c_long
 
 
 def _check(result: int, what: str, path: str | None = None) -> int:
     if result < 0:
-        err = ctypes.get_errno()
+        err = _c.get_errno()
         if path is None:
             raise OSError(err, f"{what}: {os.strerror(err)}")
         raise OSError(err, f"{what}: {os.strerror(err)}", path)
@@ -59,12 +97,12 @@ def _check(result: int, what: str, path: str | None = None) -> int:
 
 def unshare(flags: int) -> None:
     """unshare(2): move this process into new namespaces."""
-    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+    _check(_libc.unshare(_c.c_int(flags)), "unshare")
 
 
 def setns(fd: int, nstype: int) -> None:
     """setns(2): join the namespace behind ``fd`` (the process must be single-threaded for users)."""
-    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+    _check(_libc.setns(_c.c_int(fd), _c.c_int(nstype)), "setns")
 
 
 def mount(source: str, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
@@ -74,7 +112,7 @@ def mount(source: str, target: str, fstype: str | None, flags: int = 0, data: st
             source.encode(),
             target.encode(),
             fstype.encode() if fstype else None,
-            ctypes.c_ulong(flags),
+            _c.c_ulong(flags),
             data.encode() if data is not None else None,
         ),
         "mount",
@@ -84,7 +122,7 @@ def mount(source: str, target: str, fstype: str | None, flags: int = 0, data: st
 
 def umount2(target: str, flags: int = 0) -> None:
     """umount2(2)."""
-    _check(_libc.umount2(target.encode(), ctypes.c_int(flags)), "umount", target)
+    _check(_libc.umount2(target.encode(), _c.c_int(flags)), "umount", target)
 
 
 def fsopen(fstype: str) -> int:
@@ -97,11 +135,11 @@ def fsconfig(fs_fd: int, cmd: int, key: str | None = None, value: str | None = N
     _check(
         _syscall(
             _SYS_FSCONFIG,
-            ctypes.c_int(fs_fd),
-            ctypes.c_uint(cmd),
+            _c.c_int(fs_fd),
+            _c.c_uint(cmd),
             key.encode() if key is not None else None,
             value.encode() if value is not None else None,
-            ctypes.c_int(0),
+            _c.c_int(0),
         ),
         f"fsconfig {key or ''}".rstrip(),
         value,
@@ -110,7 +148,7 @@ def fsconfig(fs_fd: int, cmd: int, key: str | None = None, value: str | None = N
 
 def fsmount(fs_fd: int) -> int:
     """fsmount(2): turn a created fs context into a detached mount; returns its fd."""
-    return _check(_syscall(_SYS_FSMOUNT, ctypes.c_int(fs_fd), FSMOUNT_CLOEXEC, 0), "fsmount")
+    return _check(_syscall(_SYS_FSMOUNT, _c.c_int(fs_fd), FSMOUNT_CLOEXEC, 0), "fsmount")
 
 
 def move_mount_fd(mount_fd: int, target: str) -> None:
@@ -118,9 +156,9 @@ def move_mount_fd(mount_fd: int, target: str) -> None:
     _check(
         _syscall(
             _SYS_MOVE_MOUNT,
-            ctypes.c_int(mount_fd),
+            _c.c_int(mount_fd),
             b"",
-            ctypes.c_int(-100),  # AT_FDCWD
+            _c.c_int(-100),  # AT_FDCWD
             target.encode(),
             MOVE_MOUNT_F_EMPTY_PATH,
         ),
@@ -134,7 +172,7 @@ def openat2(dir_fd: int, path: str | bytes, flags: int, resolve: int, mode: int 
     how = struct.pack("QQQ", flags | os.O_CLOEXEC, mode, resolve)
     raw = path.encode() if isinstance(path, str) else path
     return _check(
-        _syscall(_SYS_OPENAT2, ctypes.c_int(dir_fd), raw, how, ctypes.c_size_t(len(how))),
+        _syscall(_SYS_OPENAT2, _c.c_int(dir_fd), raw, how, _c.c_size_t(len(how))),
         "openat2",
         raw.decode(errors="replace"),
     )
@@ -145,12 +183,12 @@ def syncfs(fd: int) -> None:
     if _SYS_SYNCFS is None:
         os.sync()
         return
-    _check(_libc.syncfs(ctypes.c_int(fd)), "syncfs")
+    _check(_libc.syncfs(_c.c_int(fd)), "syncfs")
 
 
 def set_pdeathsig(sig: int) -> None:
     """prctl(PR_SET_PDEATHSIG): die with our parent, so a killed command stops its workers."""
-    _check(_libc.prctl(ctypes.c_int(1), ctypes.c_ulong(sig), 0, 0, 0), "prctl")
+    _check(_libc.prctl(_c.c_int(1), _c.c_ulong(sig), 0, 0, 0), "prctl")
 
 
 _CAP_VERSION_3 = 0x20080522
@@ -162,12 +200,12 @@ def set_fs_ids(uid: int, gid: int) -> tuple[int, int]:
     CAP_MKNOD... when the fs uid leaves 0). Root keeps its powers and acts as ``uid`` on disk.
     Returns the previous (fsuid, fsgid). Per thread: call it while single-threaded."""
     mask = 0xFFFFFFFF  # the calls return the previous id as a C int
-    old_gid = _libc.setfsgid(ctypes.c_uint(gid)) & mask
-    old_uid = _libc.setfsuid(ctypes.c_uint(uid)) & mask
-    if _libc.setfsuid(ctypes.c_uint(mask)) & mask != uid or _libc.setfsgid(ctypes.c_uint(mask)) & mask != gid:
+    old_gid = _libc.setfsgid(_c.c_uint(gid)) & mask
+    old_uid = _libc.setfsuid(_c.c_uint(uid)) & mask
+    if _libc.setfsuid(_c.c_uint(mask)) & mask != uid or _libc.setfsgid(_c.c_uint(mask)) & mask != gid:
         raise OSError(1, f"cannot switch the filesystem ids to {uid}:{gid}")
-    header = (ctypes.c_uint32 * 2)(_CAP_VERSION_3, 0)
-    data = (ctypes.c_uint32 * 6)()  # two {effective, permitted, inheritable} words
+    header = (_c.c_uint * 2)(_CAP_VERSION_3, 0)
+    data = (_c.c_uint * 6)()  # two {effective, permitted, inheritable} words
     _check(_libc.capget(header, data), "capget")
     data[0], data[3] = data[1], data[4]
     _check(_libc.capset(header, data), "capset")

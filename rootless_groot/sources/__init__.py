@@ -11,6 +11,9 @@ if TYPE_CHECKING:
 def open_source(ref: DockerRef | OCILayoutRef | TarballRef, platform: dict[str, str] | None = None, **registry_options) -> ImageSource:
     skip_validation = bool(registry_options.pop("skip_layer_validation", False))  # GrootFS: oci:// only
     client_certs_dir = registry_options.pop("remote_layer_client_certificates_path", None)
+    pending = registry_options.pop("pending_head", None)  # from start_check
+    if pending is not None and not isinstance(ref, DockerRef):
+        pending.close()
     if isinstance(ref, OCILayoutRef):
         from .oci_layout import OCILayoutSource
 
@@ -22,30 +25,46 @@ def open_source(ref: DockerRef | OCILayoutRef | TarballRef, platform: dict[str, 
     if isinstance(ref, DockerRef):
         store_root = registry_options.get("store_root")
         warm = _cached_registry_image(ref, platform, store_root) if store_root else None
-        if warm is not None and _still_current(ref, warm[1], registry_options):
+        if warm is not None and _still_current(ref, warm[1], registry_options, pending):
             return _WarmRegistrySource(warm[0], lambda: _registry_source(ref, platform, registry_options))
+        if pending is not None:
+            pending.close()
         return _registry_source(ref, platform, registry_options)
     raise TypeError(ref)
 
 
-def _still_current(ref: DockerRef, top_digest: str, options: dict) -> bool:
-    """Whether a cached resolution may be used without the full registry client.
-
-    Pinned by digest, or ``--pull missing|never``: yes. Otherwise (``--pull always``) one
-    anonymous HEAD must show the same manifest digest; Docker Hub (always a token) and
-    mirrors are left to the full client.
-    """
+def _head_due(ref: DockerRef, options: dict) -> bool | None:
+    """True if a cached resolution needs the anonymous HEAD; None if it needs nothing
+    (pinned by digest, or ``--pull missing|never``); False if only the full client may
+    decide (Docker Hub, always a token; mirrors)."""
     policy = options.get("pull_policy") or "always"
     if ref.digest or policy in ("missing", "never"):
-        return True
-    if ref.registry == "docker.io" or options.get("mirrors"):
-        return False
-    from .registry_light import head_manifest_digest
+        return None
+    return not (ref.registry == "docker.io" or options.get("mirrors"))
 
-    current = head_manifest_digest(ref.registry, ref.repository, ref.reference,
-                                   insecure_registries=tuple(options.get("insecure_registries") or ()),
-                                   registry_ca=options.get("registry_ca"))
-    return current == top_digest
+
+def start_check(ref, options: dict):
+    """Send now the HEAD that a cached resolution of ``ref`` will need (a PendingHead, or
+    None): the registry answers while the caller opens the store and reads the cache."""
+    if not isinstance(ref, DockerRef) or not _head_due(ref, options):
+        return None
+    from .registry_light import start_head
+
+    return start_head(ref.registry, ref.repository, ref.reference,
+                      insecure_registries=tuple(options.get("insecure_registries") or ()),
+                      registry_ca=options.get("registry_ca"))
+
+
+def _still_current(ref: DockerRef, top_digest: str, options: dict, pending=None) -> bool:
+    """Whether a cached resolution may be used without the full registry client: with
+    ``--pull always``, one anonymous HEAD must show the same manifest digest."""
+    due = _head_due(ref, options)
+    if due is None:
+        return True
+    if not due:
+        return False
+    pending = pending or start_check(ref, options)
+    return pending.digest() == top_digest
 
 
 def _registry_source(ref: DockerRef, platform: dict[str, str] | None, registry_options: dict) -> ImageSource:

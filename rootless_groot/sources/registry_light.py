@@ -46,15 +46,45 @@ def _connect_plain(name: str, port: int, timeout: float):
     raise error or OSError(f"cannot resolve {name}")
 
 
-def head_manifest_digest(registry: str, repository: str, reference: str, *, insecure_registries: tuple[str, ...] = (),
-                         registry_ca: str | None = None, timeout: float = 5.0) -> str | None:
-    """The manifest digest the registry serves for ``reference`` now, or None if unsure."""
+class PendingHead:
+    """A HEAD that is sent; ``digest()`` reads the answer (once) and closes the connection."""
+
+    def __init__(self, sock):
+        self._sock = sock
+
+    def digest(self) -> str | None:
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return None
+        try:
+            data = b""
+            while b"\r\n\r\n" not in data and len(data) < MAX_HEADER:
+                chunk = sock.recv(16384)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            return None
+        finally:
+            sock.close()
+        return _digest_of(data)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def start_head(registry: str, repository: str, reference: str, *, insecure_registries: tuple[str, ...] = (),
+               registry_ca: str | None = None, timeout: float = 5.0) -> PendingHead:
+    """Connect and send the HEAD of the manifest; the registry answers while the caller works."""
     host = registry.lower()
     insecure = host_matches(host, insecure_registries)
     scheme = "http" if insecure else "https"
     name, port = _split_host(host, 80 if insecure else 443)
     request = (f"HEAD /v2/{repository}/manifests/{reference} HTTP/1.1\r\nHost: {host}\r\nAccept: {ACCEPT}\r\n"
                "User-Agent: rootless-groot\r\nConnection: close\r\n\r\n").encode()
+    sock = None
     try:
         if scheme == "https":
             import socket
@@ -66,18 +96,22 @@ def head_manifest_digest(registry: str, repository: str, reference: str, *, inse
             sock = context.wrap_socket(socket.create_connection((name, port), timeout=timeout), server_hostname=name)
         else:
             sock = _connect_plain(name, port, timeout)
-        try:
-            sock.sendall(request)
-            data = b""
-            while b"\r\n\r\n" not in data and len(data) < MAX_HEADER:
-                chunk = sock.recv(16384)
-                if not chunk:
-                    break
-                data += chunk
-        finally:
-            sock.close()
+        sock.sendall(request)
     except (OSError, ValueError):  # UnicodeError (a non-ASCII host) is a ValueError
-        return None
+        if sock is not None:
+            sock.close()
+        return PendingHead(None)
+    return PendingHead(sock)
+
+
+def head_manifest_digest(registry: str, repository: str, reference: str, *, insecure_registries: tuple[str, ...] = (),
+                         registry_ca: str | None = None, timeout: float = 5.0) -> str | None:
+    """The manifest digest the registry serves for ``reference`` now, or None if unsure."""
+    return start_head(registry, repository, reference, insecure_registries=insecure_registries,
+                      registry_ca=registry_ca, timeout=timeout).digest()
+
+
+def _digest_of(data: bytes) -> str | None:
     head, sep, _ = data.partition(b"\r\n\r\n")
     if not sep:
         return None
