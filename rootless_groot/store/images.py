@@ -17,8 +17,9 @@ from .. import log
 from ..errors import GrootError, NotFound, UsageError
 from ..fastjson import dumps, loads
 from ..record import Record
-from .layers import ensure_short_link, layer_size, make_temp_dir, remove_in_process, remove_tree
-from .locks import flocked
+
+# .layers and .locks are imported by the functions that change the store: stats and list
+# (the most frequent commands after create) do without them.
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -299,6 +300,8 @@ def create_image(ctx: StoreContext, image_id: str, layers: list[str], env: list[
     store = ctx.store
     if mount or quota:  # an image left unmounted is made from outside: no namespace to join
         ctx.enter()
+    from .layers import ensure_short_link, layer_size, make_temp_dir, remove_tree
+
     size = sum(layer_size(ctx, c) for c in layers)
     for chain_id in layers:
         ensure_short_link(ctx, chain_id)
@@ -383,6 +386,8 @@ def _remove_image_dir(ctx: StoreContext, image_id: str) -> None:
                 break
         if is_mountpoint(rootfs):  # never remove through a mount (the lower layers are shared)
             raise GrootError(f"cannot delete image `{image_id}`: {rootfs} is still mounted")
+    from .layers import make_temp_dir, remove_in_process, remove_tree
+
     doomed = make_temp_dir(ctx.store.tmp, f"deleted-{image_id[:32]}-")
     try:
         os.rename(image_dir, os.path.join(doomed, "image"))
@@ -430,6 +435,8 @@ def delete_image(ctx: StoreContext, image_id: str) -> None:
     quota_mod = _quota_for(ctx, info) if info is not None else None
     if info is None or info.mount or quota_mod:  # else _remove_image_dir joins only if the files need it
         ctx.enter()
+    from .locks import flocked
+
     with flocked(ctx.store.lock_path("gc"), exclusive=False):
         if not os.path.isdir(image_dir) or os.path.islink(image_dir):
             if not os.path.lexists(image_dir):
