@@ -12,6 +12,7 @@ import functools
 import http.server
 import json
 import os
+import select
 import shutil
 import ssl
 import subprocess
@@ -189,6 +190,28 @@ def test_rootless_mounted_create_under_a_plugin_caller(cli, as_user, store_dir, 
     assert "--without-mount" in r.stdout and "create.without_mount: true" in r.stdout
     assert not os.path.exists(os.path.join(store_dir, "images", "g1"))
     as_user([*argv, "create", "--without-mount", lay.uri("t"), "g2"])
+    # one keeper for the store, and the owner's delete-store stops it
+    keeper = int(open(os.path.join(store_dir, "run", "keeper.pid")).read())
+    assert keepers_of(store_dir) == [keeper]
+    pidfd = os.pidfd_open(keeper)  # readable once the process has exited
+    try:
+        cli("--store", store_dir, "delete-store")
+        assert select.select([pidfd], [], [], 10)[0], f"keeper {keeper} still runs"
+    finally:
+        os.close(pidfd)
+
+
+def keepers_of(store: str) -> list[int]:
+    mark = f"rootless-groot-keeper:{store}".encode()
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read().split(b"\0", 1)[0] == mark:
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
 
 
 def test_droplet_over_mutual_tls(cli, store_dir, user_tmp, test_user):

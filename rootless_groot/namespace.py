@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import os
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO
+
 from . import log
 from .errors import NamespaceError
 from .mappings import IDMapping, is_single_id, newidmap_args
@@ -112,10 +116,11 @@ def _sleep_binary() -> str:
     return found
 
 
-def _start_keeper(store: Store) -> tuple[int, int]:
+def _start_keeper(store: Store) -> tuple[int, int, BinaryIO]:
     """Fork a fully detached keeper that unshares user+mount namespaces.
 
-    Returns its pid and the write end of the pipe that tells it to go on once mapped.
+    Returns its pid, the write end of the pipe that tells it to go on once mapped, and the
+    pipe it reports on, which reaches EOF once it has exec'd (its end is close-on-exec).
 
     Double fork so the keeper is reparented at once (no zombie in a long-lived caller);
     ``setsid``, all inherited fds closed, stdio on /dev/null, cwd /, so it holds nothing
@@ -136,21 +141,25 @@ def _start_keeper(store: Store) -> tuple[int, int]:
     os.close(ready_w)
     os.close(go_r)
     os.waitpid(middle, 0)
+    ready = os.fdopen(ready_r, "rb")
     try:
-        with os.fdopen(ready_r, "rb") as ready:
-            line = ready.readline()
-            status = ready.readline().strip()
-            pid = int(line)
-            if status != b"unshared":
-                from .hints import userns_problem
+        line = ready.readline()
+        status = ready.readline().strip()
+        pid = int(line)
+        if status != b"unshared":
+            from .hints import userns_problem
 
-                code = status.split(b" ", 1)[0]
-                raise NamespaceError(userns_problem(int(code)) if code.isdigit() else
-                                     f"cannot create a user namespace: {status.decode(errors='replace')}")
-            return pid, go_w
+            code = status.split(b" ", 1)[0]
+            raise NamespaceError(userns_problem(int(code)) if code.isdigit() else
+                                 f"cannot create a user namespace: {status.decode(errors='replace')}")
+        return pid, go_w, ready
     except ValueError:
+        ready.close()
         os.close(go_w)
         raise NamespaceError("the store keeper died while starting") from None
+    except BaseException:
+        ready.close()
+        raise
 
 
 def _keeper_main(ready_w: int, go_r: int, close_fds: tuple[int, int], store: Store, sleep_bin: str) -> None:
@@ -175,8 +184,7 @@ def _keeper_main(ready_w: int, go_r: int, close_fds: tuple[int, int], store: Sto
     except OSError as e:
         os.write(ready_w, f"{e.errno} {e.strerror}\n".encode())
         os._exit(1)
-    os.write(ready_w, b"unshared\n")
-    os.close(ready_w)
+    os.write(ready_w, b"unshared\n")  # ready_w stays open until exec: the parent waits for that EOF
     if os.read(go_r, 1) != b"g":
         os._exit(1)
     os.close(go_r)
@@ -184,6 +192,9 @@ def _keeper_main(ready_w: int, go_r: int, close_fds: tuple[int, int], store: Sto
         syscalls.mount("none", "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
     except OSError:
         pass
+    if ready_w == 3:  # fd 3 is taken for the store below; ready_w (close-on-exec) must survive until exec
+        ready_w, old = os.dup(ready_w), ready_w
+        os.close(old)
     # Hold the store directory as fd 3; end when its path names another directory or none.
     try:
         fd = os.open(store.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -256,15 +267,19 @@ def ensure_keeper(store: Store, meta: StoreMeta, newuidmap: str, newgidmap: str)
         if pid is not None:
             return pid, False
         _check_apparmor()
-        pid, go_w = _start_keeper(store)
+        pid, go_w, ready = _start_keeper(store)
         try:
             _write_mappings(pid, meta, newuidmap, newgidmap)
             os.write(go_w, b"g")
+            # Wait for the exec: until then its argv0 is not the keeper's, and running_keeper()
+            # in the next command would not recognise it (and start a second keeper).
+            ready.read()
         except BaseException:
             os.kill(pid, 9)  # SIGKILL
             raise
         finally:
             os.close(go_w)
+            ready.close()
         _write_pid_file(store, pid)
         log.info("keeper.started", pid=pid, store=store.root)
         return pid, True

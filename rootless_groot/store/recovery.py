@@ -27,6 +27,7 @@ def delete_store(config: Config, force: bool) -> None:
     from .layers import remove_tree
 
     store = Store(config.store)
+    rootful = os.geteuid() == 0  # decided now: inside the store's namespace we are uid 0 too
     meta: StoreMeta | None = None
     if store.exists():
         try:
@@ -39,12 +40,12 @@ def delete_store(config: Config, force: bool) -> None:
     if meta is not None:
         ctx = context.StoreContext.open(config)
         ctx.enter()
-    elif os.geteuid() != 0:
+    elif not rootful:
         _enter_unknown(store, config)
     _unmount_images(store)
     from .. import namespace
 
-    if os.geteuid() != 0:
+    if not rootful:
         namespace.stop_keeper(store)
     else:  # root: the keeper of the store's owner, if the owner used it rootless
         owner = meta.owner_uid if meta is not None else os.stat(store.root).st_uid
