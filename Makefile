@@ -24,6 +24,7 @@ help:
 	@echo "make test       (root) system deps + test user + test venv, then pytest tests integration"
 	@echo "make unit       unit tests only (tests/), any user"
 	@echo "make bench      benchmarks"
+	@echo "make peer-tests GrootFS's own integration suite against us (GROOTFS_SUITE=..., docs/peer-tests.md)"
 	@echo "make clean      remove venvs and build output"
 
 $(VENV_PY):
@@ -89,6 +90,26 @@ bench:
 	$(MAKE) --no-print-directory test-venv
 	PYTHONDONTWRITEBYTECODE=1 timeout --kill-after=30 $(BENCH_TIMEOUT) \
 	    $(TEST_PY) -m rootless_groot.bench --user $(TEST_USER) $(BENCH_ARGS)
+
+# GrootFS's own integration suite, already built elsewhere, against our CLI as root and rootless
+# (docs/peer-tests.md); never part of `make test`. PEER_ARGS='--modes root' or '--fs none'.
+GROOTFS_SUITE      ?=
+GROOTFS_SUITE_DIR  ?=
+GROOTFS_NAMESPACER ?=
+PEER_WORKDIR       ?= $(TEST_ROOT)/peer-tests
+PEER_ARGS          ?=
+.PHONY: peer-tests
+peer-tests:
+	@GROOTFS_SUITE="$(GROOTFS_SUITE)" GROOTFS_SUITE_DIR="$(GROOTFS_SUITE_DIR)" GROOTFS_NAMESPACER="$(GROOTFS_NAMESPACER)" \
+	    $(PYTHON) scripts/peer_tests.py --check --bin none --workdir none
+	@if [ "$$(id -u)" -ne 0 ]; then echo "make peer-tests must run as root (it drops to '$(TEST_USER)')" >&2; exit 1; fi
+	$(MAKE) --no-print-directory deps test-venv install-helper
+	mkdir -p $(PEER_WORKDIR); chmod 0755 $(TEST_ROOT) $(PEER_WORKDIR)
+	printf '#!/bin/sh\nexec %s "$$@"\n' "$(TEST_VENV)/bin/rootless-groot" > $(PEER_WORKDIR)/grootfs
+	chmod 0755 $(PEER_WORKDIR)/grootfs
+	GROOTFS_SUITE="$(GROOTFS_SUITE)" GROOTFS_SUITE_DIR="$(GROOTFS_SUITE_DIR)" GROOTFS_NAMESPACER="$(GROOTFS_NAMESPACER)" \
+	    $(PYTHON) scripts/peer_tests.py --bin $(PEER_WORKDIR)/grootfs --workdir $(PEER_WORKDIR) \
+	    --user $(TEST_USER) $(PEER_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -145,9 +145,10 @@ def test_stats_list_delete_and_errors(cli, store_dir, rich_layout, store_runner)
     assert r.returncode == 0, r.stderr
     after = json.loads(cli("--store", store_dir, "stats", "c1").stdout)["disk_usage"]
     assert set(after) == {"total_bytes_used", "exclusive_bytes_used", "quota_size_bytes", "committed_space_bytes"}
-    assert after["exclusive_bytes_used"] - before["exclusive_bytes_used"] >= 2048 * 1024
-    assert after["total_bytes_used"] == after["exclusive_bytes_used"] + before["committed_space_bytes"]
-    assert after["quota_size_bytes"] == 0
+    # GrootFS's numbers without a quota: nothing accounted, the image's size only
+    assert after == before
+    assert after["exclusive_bytes_used"] == after["quota_size_bytes"] == 0
+    assert after["total_bytes_used"] == after["committed_space_bytes"] > 0
 
     assert cli("--store", store_dir, "list").stdout == f"{store_dir}/images/c1\n"
     listing = json.loads(cli("--store", store_dir, "list", "--json").stdout)
@@ -282,8 +283,8 @@ def test_clean_removes_exactly_the_unused_layers(cli, store_dir, user_tmp):
 
 
 def test_unmounted_image_with_files_only_the_namespace_can_read(cli, store_dir, rich_layout, as_user):
-    """stats and delete of a --without-mount image work from outside the store's namespace,
-    and join it when the container left a directory the user cannot read or empty."""
+    """stats and delete of a --without-mount image work from outside the store's namespace;
+    delete joins it when the container left a directory the user cannot read or empty."""
     lay, _ = rich_layout
     create(cli, store_dir, lay.uri("v1"), "c1", "--without-mount")
     diff = os.path.join(store_dir, "images", "c1", "diff")
@@ -295,7 +296,7 @@ def test_unmounted_image_with_files_only_the_namespace_can_read(cli, store_dir, 
     unreadable = as_user(["ls", f"{diff}/private"], check=False)
     assert unreadable.returncode != 0  # the user alone cannot walk it
     after = json.loads(cli("--store", store_dir, "stats", "c1").stdout)["disk_usage"]
-    assert after["exclusive_bytes_used"] - empty["exclusive_bytes_used"] >= 1024 * 1024
+    assert after == empty and after["exclusive_bytes_used"] == 0  # no quota: nothing accounted (GrootFS)
     assert cli("--store", store_dir, "delete", "c1").stdout == "Image c1 deleted\n"
     assert not os.path.exists(os.path.join(store_dir, "images", "c1"))
     assert os.listdir(os.path.join(store_dir, "tmp")) == []

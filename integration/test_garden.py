@@ -246,6 +246,7 @@ def test_droplet_over_mutual_tls(cli, store_dir, user_tmp, test_user):
         plain.write_text(SKIP_CONFIG + f"  remote_layer_client_certificates_path: {ca_only}\n")
         mtls.write_text(SKIP_CONFIG + f"  remote_layer_client_certificates_path: {certs}\n")
         give_to(test_user, user_tmp)
+        cli("--store", store_dir, "init-store")  # with a config file (Garden), no auto-init
         r = cli("--config", str(plain), "--store", store_dir, "create", lay.uri(), "h0", check=False)
         assert r.returncode == 1 and "droplet.tgz" in r.stdout and srv.requests == [], r.stdout
         root = json.loads(cli("--config", str(mtls), "--store", store_dir, "create", lay.uri(), "h1").stdout)["root"]["path"]

@@ -16,10 +16,11 @@ def layout(user_tmp):
 def test_references_that_look_like_something_else(cli, store_dir, layout, user_home):
     r = cli("--store", store_dir, "create", "debian:bookworm", "a", check=False)
     assert r.returncode == 1
-    assert r.stdout == (f"image `{user_home}/debian:bookworm` not found: no such file; "
+    assert r.stdout == (f"stat {user_home}/debian:bookworm: no such file or directory; "
                         "for a registry image, use docker:///debian:bookworm\n")
     r = cli("--store", store_dir, "create", str(layout.path), "a", check=False)
-    assert r.stdout == f"`{layout.path}` is not a tarball file: it is an OCI image layout, use oci://{layout.path}\n"
+    assert r.stdout == ("invalid base image: directory provided instead of a tar file: "
+                        f"it is an OCI image layout, use oci://{layout.path}\n")
 
 
 def test_store_problems_are_named(cli, as_user, user_tmp, layout):

@@ -81,7 +81,7 @@ def test_progress_is_redrawn_in_place_and_errors_reach_the_screen(tmux, cli, sto
 
     # an error: on the screen although stdout goes to a file, and in the file (Garden's contract)
     screen = tmux.run(f"{rg} create debian:bookworm c2 > {user_tmp}/out.txt", raw_log)
-    assert "rootless-groot: error: image " in screen and "use docker:///debian:bookworm" in screen, screen
+    assert "rootless-groot: error: stat " in screen and "use docker:///debian:bookworm" in screen, screen
     assert "EXIT=1" in screen
     assert (user_tmp / "out.txt").read_text().endswith("for a registry image, use docker:///debian:bookworm\n")
 

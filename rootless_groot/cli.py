@@ -11,7 +11,7 @@ import sys
 
 from . import __version__, log
 from .argv import Command, Opt, help_text, parse
-from .errors import GrootError, NotFound, UsageError
+from .errors import GrootError, NotFound, StoreError, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -29,6 +29,8 @@ GLOBAL_OPTS = [
     Opt("--log-file", help="append logs to this file instead of stderr", metavar="FILE"),
     Opt("--newuidmap-bin", help="newuidmap binary (default: newuidmap)", metavar="PATH"),
     Opt("--newgidmap-bin", help="newgidmap binary (default: newgidmap)", metavar="PATH"),
+    Opt("--tardis-bin", help="GrootFS's quota helper; accepted and unused (see docs/quota.md)", metavar="PATH"),
+    Opt("--metron-endpoint", help="HOST:PORT to send GrootFS's metrics to over UDP (dropsonde)", metavar="ADDR"),
 ]
 
 _REGISTRY_OPTS = [
@@ -61,12 +63,12 @@ COMMANDS = {c.name: c for c in [
         Opt("--exclude-image-from-quota", "true", help="count only the container's writes against the limit"),
         Opt("--skip-layer-validation", "true", help="oci:// only: do not check layers' sizes and digests (GrootFS)"),
         Opt("--with-clean", "true", help="run clean before creating"),
-        Opt("--without-clean", "false", dest="with_clean", help="do not run clean first (default)"),
+        Opt("--without-clean", "true", help="do not run clean first (default)"),
         Opt("--threshold-bytes", "int", help="clean only above this store size", metavar="N"),
         Opt("--with-mount", "false", dest="without_mount", help="mount the rootfs (default)"),
         Opt("--without-mount", "true", help="return the overlay in the JSON for the runtime to mount"),
         *_REGISTRY_OPTS,
-        Opt("--clean-log-file", help="accepted for GrootFS compatibility", metavar="FILE"),
+        Opt("--clean-log-file", help="where --with-clean logs (default: with the other logs)", metavar="FILE"),
     ], ("image", "id")),
     Command("pull", "fetch an image's layers into the store without creating an image", _REGISTRY_OPTS, ("image",)),
     Command("delete", "unmount and remove an image", [], ("id?",)),
@@ -100,10 +102,17 @@ def _config(args: Args):
         "log_file": args.log_file,
         "newuidmap_bin": args.newuidmap_bin,
         "newgidmap_bin": args.newgidmap_bin,
+        "tardis_bin": args.tardis_bin,
+        "metron_endpoint": args.metron_endpoint,
+        "clean_log_file": getattr(args, "clean_log_file", None),
     }
     for name in ("disk_limit_size_bytes", "exclude_image_from_quota", "skip_layer_validation", "with_clean",
                  "without_mount"):
         overrides[name] = getattr(args, name, None)
+    if getattr(args, "without_clean", None):
+        if args.with_clean:
+            raise UsageError("with-clean and without-clean cannot be used together")
+        overrides["with_clean"] = False
     overrides["clean_threshold_bytes"] = getattr(args, "threshold_bytes", None)
     overrides["store_size_bytes"] = getattr(args, "store_size_bytes", None)
     overrides["insecure_registries"] = getattr(args, "insecure_registry", None)
@@ -139,8 +148,15 @@ def main(argv: list[str] | None = None) -> int:
                                        name[5:] if name.startswith("help:") else None))
             return 0
         cfg = _config(args)
-        log.configure(cfg.log_level, cfg.log_file)
-        return HANDLERS[args.command](args, cfg) or 0
+        log.configure(cfg.log_level, cfg.log_file, args.command)
+        if cfg.unknown_keys:
+            log.info("config.unknown-keys-ignored", keys=list(cfg.unknown_keys), config=args.config)
+        if log.enabled("debug"):
+            log.debug("config", store=cfg.store, config_file=args.config, log_file=cfg.log_file,
+                      metron_endpoint=cfg.metron_endpoint, euid=os.geteuid())
+        image_id = getattr(args, "id", None)
+        with log.Step(_STEPS.get(args.command, args.command), "info", **({"id": image_id} if image_id else {})):
+            return HANDLERS[args.command](args, cfg) or 0
     except GrootError as e:
         log.error("command-failed", error=str(e))
         return _fail(str(e), e.exit_code)
@@ -186,6 +202,10 @@ def cmd_init_store(args, cfg) -> int:
     from .mappings import default_mappings, parse_mappings
     from .store.context import init_store
 
+    from .store.layout import Store
+
+    if Store(cfg.store).exists():
+        log.info("store-already-initialized", store=cfg.store)
     explicit = bool(args.uid_mapping or args.gid_mapping)
     if explicit:
         uids, gids = parse_mappings(args.uid_mapping or []), parse_mappings(args.gid_mapping or [])
@@ -195,6 +215,10 @@ def cmd_init_store(args, cfg) -> int:
         uids, gids = default_mappings()
     if args.store_size_bytes is not None or cfg.store_size_bytes:
         from .quota import init_quota_store
+
+        if os.geteuid() != 0:  # GrootFS's words; a quota store needs a mount and the helper's registration
+            log.error("init-store.needs-root", hint="run init-store as root with the owner's --uid-mapping/--gid-mapping")
+            raise StoreError(f"store {cfg.store} can only be initialized by Root user")
 
         size = args.store_size_bytes if args.store_size_bytes is not None else cfg.store_size_bytes
         meta = init_quota_store(cfg, size, uids, gids, explicit)
@@ -209,10 +233,18 @@ def cmd_init_store(args, cfg) -> int:
 
 
 def _open_or_init(cfg):
-    """Open the store, creating it with the default mappings on first use (as podman does)."""
+    """Open the store, creating it with the default mappings on first use (as podman does).
+
+    Only a workstation's first use: with a config file (Garden and other GrootFS users), or when
+    the directory exists already (made by an operator), the store must come from init-store.
+    """
     from .store.layout import Store
 
     if not Store(cfg.store).exists():
+        if cfg.from_config_file or os.path.lexists(cfg.store):
+            from .hints import store_problem
+
+            raise StoreError(store_problem(cfg.store) or "Store path is not initialized. Please run init-store.")
         from .mappings import default_mappings
         from .store.context import init_store
 
@@ -255,11 +287,13 @@ def _create(args, cfg, ctx, image_id: str):
     if cfg.with_clean:
         from .store.gc import clean
 
-        clean(ctx, cfg.clean_threshold_bytes)
+        with log.redirected(cfg.clean_log_file), log.Step("groot-cleaning", "info"):
+            clean(ctx, cfg.clean_threshold_bytes)
     source = _image_source(args, cfg)
     try:
         with flocked(ctx.store.lock_path("gc"), exclusive=False):
-            image = source.resolve()
+            with log.Step("resolving-image", "info", image=args.image):
+                image = source.resolve()
             if args.platform:
                 from .sources.base import check_platform, parse_platform
 
@@ -268,22 +302,24 @@ def _create(args, cfg, ctx, image_id: str):
                 from .errors import QuotaError
 
                 raise QuotaError("layers exceed disk quota")
-            ensure_layers(ctx, source, image.layers,
-                          max_layer_size=limit if limit and not cfg.exclude_image_from_quota else None,
-                          progress=_show_progress(args))
-            retry_remounts(ctx)  # images a remount failed for (one listdir when there are none)
-            return create_image(ctx, image_id, [layer.chain_id for layer in image.layers], image.env,
-                                mount=not cfg.without_mount, quota=limit,
-                                exclude_image_from_quota=cfg.exclude_image_from_quota, config=image.config)
+            with log.Step("unpacking-layers", "info", layers=len(image.layers)):
+                ensure_layers(ctx, source, image.layers,
+                              max_layer_size=limit if limit and not cfg.exclude_image_from_quota else None,
+                              progress=_show_progress(args))
+            with log.Step("making-image", "info", mount=not cfg.without_mount, disk_limit=limit):
+                retry_remounts(ctx)  # images a remount failed for (one listdir when there are none)
+                return create_image(ctx, image_id, [layer.chain_id for layer in image.layers], image.env,
+                                    mount=not cfg.without_mount, quota=limit,
+                                    exclude_image_from_quota=cfg.exclude_image_from_quota, config=image.config)
     finally:
         source.close()
 
 
-def _id_from_arg(ctx, arg: str) -> str | None:
+def _id_from_arg(store, arg: str) -> str | None:
     """GrootFS accepts an id or ``<store>/images/<id>``; None if the path is elsewhere."""
     if not arg.startswith("/"):
         return arg
-    prefix = ctx.store.images + "/"
+    prefix = store.images + "/"
     if not arg.startswith(prefix) or "/" in arg[len(prefix):].rstrip("/"):
         return None
     return arg[len(prefix):].rstrip("/")
@@ -299,7 +335,7 @@ def cmd_delete(args, cfg) -> int:
         print(f"Image `{args.id}` not found. Skipping delete.")
         return 0
     ctx = _open(cfg)
-    image_id = _id_from_arg(ctx, args.id)
+    image_id = _id_from_arg(ctx.store, args.id)
     if image_id is None:
         print(f"path `{args.id}` is outside store path Skipping delete.")
         return 0
@@ -314,11 +350,18 @@ def cmd_delete(args, cfg) -> int:
 
 def cmd_stats(args, cfg) -> int:
     from .store.images import image_stats
+    from .store.layout import Store
 
+    if not Store(cfg.store).exists():  # GrootFS: an image of a missing store is a missing image
+        log.error("no-store", store=cfg.store)
+        image_id = _id_from_arg(Store(cfg.store), args.id)
+        if image_id is None:
+            raise NotFound(f"path `{args.id}` is outside store path")
+        raise NotFound(f"Image `{image_id}` not found.")
     ctx = _open(cfg)
-    image_id = _id_from_arg(ctx, args.id)
+    image_id = _id_from_arg(ctx.store, args.id)
     if image_id is None:
-        raise NotFound(f"Image `{args.id}` not found.")
+        raise NotFound(f"path `{args.id}` is outside store path")
     _print_json(image_stats(ctx, image_id))
     return 0
 
@@ -344,6 +387,7 @@ def cmd_clean(args, cfg) -> int:
     from .store.layout import Store
 
     if not Store(cfg.store).exists():
+        log.error("no-store", error=f"no store found at {cfg.store}")
         print(f"no store found at {cfg.store}")
         return 0
     if clean(_open(cfg), cfg.clean_threshold_bytes):
@@ -459,6 +503,10 @@ def cmd_bundle(args, cfg) -> int:
 
     return bundle(args, _open(cfg))
 
+
+# The name of each command's log step (GrootFS's, where it has one).
+_STEPS = {"create": "groot-creating", "delete": "groot-deleting", "stats": "groot-stats", "clean": "groot-cleaning",
+          "list": "groot-listing", "init-store": "groot-init-store", "delete-store": "groot-deleting-store"}
 
 HANDLERS = {
     "init-store": cmd_init_store,

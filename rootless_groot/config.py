@@ -26,6 +26,7 @@ class Config(Record):
         "newgidmap_bin": "newgidmap", "exclude_image_from_quota": False, "skip_layer_validation": False,
         "with_clean": False, "without_mount": False, "disk_limit_size_bytes": 0, "insecure_registries": (),
         "clean_threshold_bytes": 0, "store_size_bytes": 0, "remote_layer_client_certificates_path": None,
+        "tardis_bin": "", "metron_endpoint": "", "clean_log_file": "", "unknown_keys": (), "from_config_file": False,
     }
     __slots__ = tuple(_defaults)
     store: str
@@ -42,6 +43,11 @@ class Config(Record):
     clean_threshold_bytes: int
     store_size_bytes: int
     remote_layer_client_certificates_path: str | None  # client certs for layers fetched from urls
+    tardis_bin: str
+    metron_endpoint: str
+    clean_log_file: str
+    unknown_keys: tuple[str, ...]  # config file keys ignored (GrootFS ignores them too); logged
+    from_config_file: bool  # --config was given (a GrootFS/Garden set-up: no auto-init)
 
 
 # YAML key path -> Config field
@@ -60,10 +66,13 @@ _YAML_KEYS: dict[tuple[str, ...], tuple[str, type]] = {
     ("clean", "threshold_bytes"): ("clean_threshold_bytes", int),
     ("init", "store_size_bytes"): ("store_size_bytes", int),
     ("create", "remote_layer_client_certificates_path"): ("remote_layer_client_certificates_path", str),
+    ("tardis_bin",): ("tardis_bin", str),
+    ("metron_endpoint",): ("metron_endpoint", str),
+    ("create", "clean_log_file"): ("clean_log_file", str),
 }
-# Keys GrootFS knows that have no meaning here; accepted so a GrootFS config file works unchanged.
+# Keys GrootFS knows that have no meaning here; accepted silently so a GrootFS config file works
+# unchanged. Any other key is ignored too (GrootFS's parser is not strict), with a log line.
 _IGNORED_KEYS = {
-    ("tardis_bin",), ("metron_endpoint",), ("create", "clean_log_file"),
     ("init", "with_direct_io"),
 }
 
@@ -87,6 +96,7 @@ def load_yaml(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UsageError(f"invalid config file: {path}")
     values: dict[str, Any] = {}
+    unknown: list[str] = []
 
     def walk(node: dict, prefix: tuple[str, ...]) -> None:
         for key, value in node.items():
@@ -94,13 +104,21 @@ def load_yaml(path: str) -> dict[str, Any]:
             if path_key in _YAML_KEYS:
                 name, kind = _YAML_KEYS[path_key]
                 values[name] = _coerce(value, kind, ".".join(path_key), path)
-            elif isinstance(value, dict) and len(path_key) == 1:
-                walk(value, path_key)
+            elif len(path_key) == 1 and path_key[0] in _SECTIONS:
+                if isinstance(value, dict):
+                    walk(value, path_key)
+                elif value is not None:  # `clean:` alone is an empty section
+                    raise UsageError(f"invalid config file: {path}: `{path_key[0]}` must be a mapping")
             elif path_key not in _IGNORED_KEYS:
-                raise UsageError(f"invalid config file: {path}: unknown key `{'.'.join(path_key)}`")
+                unknown.append(".".join(path_key))
 
     walk(data, ())
+    if unknown:
+        values["unknown_keys"] = tuple(unknown)
     return values
+
+
+_SECTIONS = ("create", "clean", "init")
 
 
 def _coerce(value: Any, kind: type, key: str, path: str) -> Any:
@@ -124,6 +142,7 @@ def build(config_file: str | None, overrides: dict[str, Any]) -> Config:
     values: dict[str, Any] = {}
     if config_file:
         values.update({k: v for k, v in load_yaml(config_file).items() if v is not None})
+        values["from_config_file"] = True
     for key, value in overrides.items():
         if value is None:
             continue

@@ -180,7 +180,7 @@ def write_limit(info: ImageInfo) -> int:
     if info.exclude_image_from_quota:
         return info.quota
     if info.quota <= info.size:
-        raise QuotaError("disk limit is smaller than volume size")
+        raise QuotaError("uncompressed layer size exceeds quota: the disk limit is smaller than the image")
     return info.quota - info.size
 
 

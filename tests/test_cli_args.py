@@ -24,7 +24,7 @@ def test_flags_after_positionals_repeatable_and_negative_booleans():
     _, a = p("create", "img", "--insecure-registry", "a:1", "id", "--insecure-registry=b:2", "--with-mount",
              "--without-clean")
     assert a.insecure_registry == ["a:1", "b:2"]
-    assert a.without_mount is False and a.with_clean is False
+    assert a.without_mount is False and a.without_clean is True and a.with_clean is None
 
 
 def test_enter_takes_the_rest_verbatim():

@@ -43,7 +43,6 @@ def test_flags_false_override_file(tmp_path):
     ("create:\n  disk_limit_size_bytes: -1\n", "disk limit cannot be negative"),
     ("clean:\n  threshold_bytes: -5\n", "clean threshold cannot be negative"),
     ("create:\n  without_mount: yes please\n", "must be true or false"),
-    ("bogus: 1\n", "unknown key"),
     ("[1, 2]\n", "invalid config file"),
     ("store: [unclosed\n", "invalid config file"),
 ])
@@ -63,3 +62,49 @@ def test_default_store_for_users(monkeypatch):
     assert config.build(None, {}).store == "/home/u/.data/rootless-groot"
     monkeypatch.setattr(config.os, "geteuid", lambda: 0)
     assert config.build(None, {}).store == "/var/lib/rootless-groot"
+
+
+# What garden-runc-release and GrootFS's own test suite write: keys we have no use for, old
+# release keys (btrfs driver days) and an empty section. GrootFS ignores unknown keys; so do we.
+RELEASE_CONFIG = """
+store: /var/vcap/data/grootfs/store/unprivileged
+tardis_bin: /var/vcap/packages/grootfs/bin/tardis
+newuidmap_bin: /var/vcap/packages/garden-idmapper/bin/newuidmap
+metron_endpoint: 127.0.0.1:3457
+log_level: info
+driver: overlay-xfs
+drax_bin: /var/vcap/packages/grootfs/bin/drax
+btrfs_progs_path: /var/vcap/packages/btrfs-progs/bin
+create:
+  json: true
+  with_clean: false
+  skip_layer_validation: true
+  clean_log_file: /var/vcap/sys/log/garden/clean.log
+  remote_layer_client_certificates_path: /var/vcap/jobs/garden/certs
+init:
+  owneruser: vcap
+  ownergroup: vcap
+  store_size_bytes: 1000
+  with_direct_io: false
+clean:
+"""
+
+
+def test_release_config_with_extra_keys_is_accepted(tmp_path):
+    cfg = config.build(write(tmp_path, RELEASE_CONFIG), {})
+    assert cfg.store == "/var/vcap/data/grootfs/store/unprivileged"
+    assert cfg.skip_layer_validation is True and cfg.with_clean is False
+    assert cfg.metron_endpoint == "127.0.0.1:3457"
+    assert cfg.tardis_bin == "/var/vcap/packages/grootfs/bin/tardis"
+    assert cfg.clean_log_file == "/var/vcap/sys/log/garden/clean.log"
+    assert cfg.store_size_bytes == 1000
+    assert cfg.from_config_file is True
+    # ignored, but named so the log can say so
+    assert cfg.unknown_keys == ("driver", "drax_bin", "btrfs_progs_path", "create.json", "init.owneruser",
+                                "init.ownergroup")
+
+
+def test_known_keys_still_type_checked_and_sections_must_be_mappings(tmp_path):
+    with pytest.raises(UsageError, match="`create` must be a mapping"):
+        config.build(write(tmp_path, "create: 5\n"), {})
+    assert config.build(None, {}).from_config_file is False

@@ -20,7 +20,7 @@ def tar_of(files: dict[str, bytes]) -> bytes:
 
 def test_a_layer_that_cannot_fit_the_disk_limit_stops_at_the_header_that_says_so(tmp_path):
     blob = tar_of({"small": b"x" * 600, "big": b"y" * 5000, "after": b"z"})
-    with pytest.raises(QuotaError, match="layers exceed disk quota"):
+    with pytest.raises(QuotaError, match="uncompressed layer size exceeds quota"):
         unpack_blob(io.BytesIO(blob), str(tmp_path), digest=None, size=None, diff_id=None, chown=False,
                     what="layer x", max_size=4096)
     assert os.listdir(tmp_path) == ["small"]  # "big" was never written, nothing after it read

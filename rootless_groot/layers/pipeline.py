@@ -43,5 +43,5 @@ def unpack_blob(raw: BinaryIO, dest: str, *, digest: str | None, size: int | Non
     if other_diff is not None:
         other_diff.finish()
     elif diff_id is not None and result.diff_id != diff_id:
-        raise LayerError(f"{what}: diffID mismatch: expected {diff_id}, got {result.diff_id}")
+        raise LayerError(f"{what}: diffID digest mismatch: expected {diff_id}, got {result.diff_id}")
     return result

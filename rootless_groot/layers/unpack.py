@@ -571,7 +571,7 @@ class _Unpacker:
             raise self.error("size larger than the data the header leaves room for")
         if self.max_size is not None and self.size + member.size > self.max_size:
             # GrootFS: a layer that cannot fit the disk limit stops as soon as that is known
-            raise QuotaError("layers exceed disk quota")
+            raise QuotaError("uncompressed layer size exceeds quota")
         xattrs = _xattrs(member)
         pfd, leaf = self.parent(rel)
         mode = member.mode & 0o7777

@@ -56,7 +56,8 @@ class DigestReader:
             self.count += len(data)
             if self._expected_size is not None and self.count > self._expected_size:
                 raise LayerError(
-                    f"{self._what}: size mismatch: expected {self._expected_size}, got more"
+                    f"{self._what}: size mismatch: expected {self._expected_size}, got more "
+                    "(layer size is different from the value in the manifest)"
                 )
             self._hash.update(data)
         return data
@@ -70,11 +71,12 @@ class DigestReader:
         """Check size and digest of what was read; return ``algorithm:hex``."""
         if self._expected_size is not None and self.count != self._expected_size:
             raise LayerError(
-                f"{self._what}: size mismatch: expected {self._expected_size}, got {self.count}"
+                f"{self._what}: size mismatch: expected {self._expected_size}, got {self.count} "
+                "(layer size is different from the value in the manifest)"
             )
         actual = f"{self._algorithm}:{self._hash.hexdigest()}"
         if self._expected_digest is not None and actual != self._expected_digest:
             raise LayerError(
-                f"{self._what}: digest mismatch: expected {self._expected_digest}, got {actual}"
+                f"{self._what}: digest mismatch: expected {self._expected_digest}, got {actual} (layerID digest mismatch)"
             )
         return actual

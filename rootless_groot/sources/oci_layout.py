@@ -3,8 +3,10 @@
 GrootFS's rules, which Garden's ``preloaded+layer`` images rely on (Garden writes such a
 layout per container and calls ``create oci:///<depot>/<handle>/image``):
 
-- indexes, manifests and configs are taken as they are when their digest matches, whatever
-  size their descriptor says (Garden writes size 0 everywhere);
+- indexes, manifests and configs are taken as they are, whatever size their descriptor says
+  (Garden writes size 0 everywhere); one whose digest does not match is used too, with an
+  error in the log (GrootFS does not check them in a local layout, and its own test layouts
+  have hand-edited manifests); layers stay checked against the config's diffIDs;
 - ``--skip-layer-validation`` (``create.skip_layer_validation``) skips the layers' size,
   digest and diffID checks; a layer fetched from its ``urls`` is still checked against its
   digest (the droplet's sha256), the one protection of a download;
@@ -58,11 +60,8 @@ class OCILayoutSource:
         return os.path.join(self.ref.path, "blobs", algorithm, hex_digest)
 
     def _read_document(self, digest: str, size: int, what: str) -> bytes:
-        """Read a small blob, checking its digest before anything parses it.
-
-        A size that differs from the descriptor's is only logged: GrootFS (containers/image)
-        takes a document whose digest matches, and Garden's layouts say size 0.
-        """
+        """Read a small blob. A size or digest that differs from the descriptor's is only
+        logged: GrootFS (containers/image) takes a local layout's documents as they are."""
         try:
             with open(self._blob_path(digest), "rb") as f:
                 data = f.read(MAX_DOCUMENT + 1)
@@ -73,7 +72,8 @@ class OCILayoutSource:
         if len(data) != size:
             log.debug("oci.document-size-differs", what=what, digest=digest, expected=size, actual=len(data))
         if not document_digest_matches(digest, data):
-            raise ImageError(f"{what}: blob {digest} does not match its digest")
+            log.error("oci.document-digest-mismatch", what=what, digest=digest,
+                      error=f"{what}: blob {digest} does not match its digest; used as it is")
         return data
 
     def _index(self) -> dict[str, Any]:
@@ -83,7 +83,7 @@ class OCILayoutSource:
                 data = f.read(MAX_DOCUMENT + 1)
         except FileNotFoundError:
             if not os.path.isdir(self.ref.path):
-                raise NotFound(f"OCI layout {self.ref.path} does not exist") from None
+                raise NotFound(f"Image source doesn't exist: OCI layout {self.ref.path}") from None
             raise ImageError(f"{self.ref.path} is not an OCI layout: no index.json") from None
         if len(data) > MAX_DOCUMENT:
             raise ImageError(f"{path} is too large")

@@ -97,7 +97,10 @@ def read_registries_conf(paths: list[str] | tuple[str, ...], registry: str) -> t
         try:
             with open(path, "rb") as f:
                 doc = tomllib.load(f)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except PermissionError:  # another user's file (an inherited $XDG_CONFIG_HOME): not ours to read
+            log.info("registries-conf-unreadable", path=path)
             continue
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise UsageError(f"cannot read {path}: {e}") from None

@@ -30,12 +30,16 @@ class TarballSource:
         except FileNotFoundError:
             from ..hints import tarball_hint
 
-            raise NotFound(f"image `{self.ref.path}` not found: no such file"
+            raise NotFound(f"stat {self.ref.path}: no such file or directory"
                            f"{tarball_hint(self.ref.given, self.ref.path)}") from None
         except PermissionError:
             raise ImageError(f"cannot read `{self.ref.path}`: permission denied") from None
         if not os.path.isfile(path):
             from ..hints import tarball_hint
+
+            if os.path.isdir(path):  # GrootFS's words, then our hint
+                raise ImageError("invalid base image: directory provided instead of a tar file"
+                                 f"{tarball_hint(self.ref.given, path)}")
 
             raise ImageError(f"`{self.ref.path}` is not a tarball file{tarball_hint(self.ref.given, path)}")
         layer = LayerDescriptor(file_key(path, st), None, None, None, "application/vnd.oci.image.layer.v1.tar")

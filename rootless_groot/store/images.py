@@ -334,9 +334,11 @@ def create_image(ctx: StoreContext, image_id: str, layers: list[str], env: list[
         if quota:
             from .. import quota as quota_mod
 
-            quota_mod.apply_limit(ctx, info)
+            with log.Step("applying-quota", "info", bytes=quota):
+                quota_mod.apply_limit(ctx, info)
         if mount:
-            mount_image(ctx, info)
+            with log.Step("mounting", "info"):
+                mount_image(ctx, info)
         _write_marker(store.image_dir(image_id), info)  # now it is real
     except BaseException:
         _remove_image_dir(ctx, image_id)
@@ -484,25 +486,27 @@ def disk_usage(path: str) -> int:
 
 
 def image_stats(ctx: StoreContext, image_id: str) -> dict:
-    """GrootFS's four numbers. Without a quota, exclusive bytes come from walking ``diff/``."""
+    """GrootFS's four numbers. Without a quota nothing is accounted (as in GrootFS): exclusive
+    bytes are 0 and the total is the image's size, so a periodic stats (Garden's metrics) never
+    walks a container's writes."""
     info = read_image(ctx, image_id)
-    exclusive = None
-    if info.quota:
-        from .. import quota
-
-        exclusive = quota.exclusive_usage(ctx, info)
     if mount_in_doubt(ctx, info):
         ctx.enter()
         error = ensure_mounted(ctx, info)
         if error:
             raise GrootError(error)
-    if exclusive is None:
-        diff = os.path.join(ctx.store.image_dir(image_id), "diff")
-        try:  # as the user first: the namespace is needed only for directories it cannot read
-            exclusive = disk_usage(diff)
-        except PermissionError:
-            ctx.enter()
-            exclusive = disk_usage(diff)
+    exclusive = 0
+    if info.quota:
+        from .. import quota
+
+        exclusive = quota.exclusive_usage(ctx, info)
+        if exclusive is None:
+            diff = os.path.join(ctx.store.image_dir(image_id), "diff")
+            try:  # as the user first: the namespace is needed only for directories it cannot read
+                exclusive = disk_usage(diff)
+            except PermissionError:
+                ctx.enter()
+                exclusive = disk_usage(diff)
     return {"disk_usage": {
         "total_bytes_used": exclusive + info.size,
         "exclusive_bytes_used": exclusive,

@@ -36,6 +36,8 @@ def delete_store(config: Config, force: bool) -> None:
             if not force:
                 raise
     elif not _looks_like_store(store):
+        if os.path.lexists(store.root):  # GrootFS: exit 1, and keep a directory that is not a store
+            raise StoreError(f"{store.root} is not a store: not deleting it")
         return
     if meta is not None:
         ctx = context.StoreContext.open(config)
