@@ -27,11 +27,21 @@ help:
 	@echo "make peer-tests GrootFS's own integration suite against us (GROOTFS_SUITE=..., docs/peer-tests.md)"
 	@echo "make clean      remove venvs and build output"
 
+# As root in a checkout someone else owns, the dev venv (and the editable install's egg-info)
+# are made as that owner: root never leaves files in the checkout that its owner cannot remove.
+OWNER_UID := $(shell stat -c %u .)
+ifeq ($(shell id -u),0)
+ifneq ($(OWNER_UID),0)
+AS_OWNER := setpriv --reuid=$(OWNER_UID) --regid=$(shell stat -c %g .) --clear-groups \
+            env HOME=$(or $(shell getent passwd $(OWNER_UID) | cut -d: -f6),/nonexistent)
+endif
+endif
+
 $(VENV_PY):
-	$(PYTHON) -m venv $(VENV)
+	$(AS_OWNER) $(PYTHON) -m venv $(VENV)
 
 venv: $(VENV_PY)
-	$(VENV_PY) -m pip install -q -e '.[test]'
+	$(AS_OWNER) $(VENV_PY) -m pip install -q -e '.[test]'
 
 # System packages and the test user (root only).
 deps:
@@ -64,7 +74,7 @@ test:
 	    echo "'$(TEST_USER)' and a test venv in $(TEST_ROOT). As a normal user, run 'make unit'." >&2; \
 	    exit 1; fi
 	$(MAKE) --no-print-directory deps test-venv
-	$(TEST_PY) -m ruff check --select F,E9 --output-format concise rootless_groot privileged_helper tests integration scripts
+	$(TEST_PY) -m ruff check --no-cache --select F,E9 --output-format concise rootless_groot privileged_helper tests integration scripts
 	@set +e; bt=$$(mktemp -d /tmp/rootless-groot-pytest.XXXXXX); \
 	RG_TEST_PYTHON=$(TEST_PY) RG_TEST_ROOT=$(TEST_ROOT) RG_TEST_USER=$(TEST_USER) \
 	    PYTHONDONTWRITEBYTECODE=1 timeout --kill-after=30 $(TEST_TIMEOUT) \
@@ -124,7 +134,7 @@ HELPER_BIN   := build/rootless-groot-quota
 HELPER_CFLAGS := -O2 -Wall -Wextra -Werror -fstack-protector-strong -D_FORTIFY_SOURCE=3 -fPIE -pie \
                  -Wl,-z,relro,-z,now
 
-.PHONY: helper install-helper
+.PHONY: helper install-helper apparmor-profile install-apparmor
 
 helper: $(HELPER_BIN)
 
@@ -142,3 +152,19 @@ install-helper: $(HELPER_BIN)
 	install -o root -g $(HELPER_GROUP) -m $(HELPER_MODE) $(HELPER_BIN) $(HELPER_DIR)/rootless-groot-quota
 	install -d -o root -g root -m 0755 /etc/rootless-groot /etc/rootless-groot/stores.d
 	install -d -o root -g root -m 0700 /var/lib/rootless-groot-helper
+
+# --- AppArmor (Ubuntu 24.04+, kernel.apparmor_restrict_unprivileged_userns=1): a profile that
+# lets the installed command create user namespaces (README). RG_BIN: the installed command.
+RG_BIN ?= $(shell command -v rootless-groot 2>/dev/null)
+APPARMOR_DIR ?= /etc/apparmor.d
+APPARMOR_OUT ?= $(or $(TMPDIR),/tmp)/apparmor-rootless-groot
+
+apparmor-profile:
+	@[ -n "$(RG_BIN)" ] || { echo "no rootless-groot on PATH: make $@ RG_BIN=/path/to/bin/rootless-groot" >&2; exit 1; }
+	sed "s|@RG_BIN@|$(realpath $(RG_BIN))|" scripts/apparmor-rootless-groot > $(APPARMOR_OUT)
+	@echo "$(APPARMOR_OUT): profile for $(realpath $(RG_BIN))"
+
+install-apparmor: apparmor-profile
+	@if [ "$$(id -u)" -ne 0 ]; then echo "make install-apparmor: must run as root" >&2; exit 1; fi
+	install -o root -g root -m 0644 $(APPARMOR_OUT) $(APPARMOR_DIR)/rootless-groot
+	apparmor_parser -r $(APPARMOR_DIR)/rootless-groot

@@ -464,3 +464,13 @@ def test_docker_hub_mirrors_are_tried_in_order(stub, tmp_path):
         second.stop()
 
 
+
+
+def test_plain_http_on_loopback_without_insecure_registry(stub):
+    """As docker allows for 127.0.0.0/8: https is tried first, then plain HTTP (issue 11)."""
+    multi_arch(stub)
+    src = source(stub, "multi:v1", insecure_registries=())
+    image = src.resolve()
+    assert image.env == ["ARCH=amd64"]
+    assert read_all(src.open_blob(image.layers[1])) == b"amd64 layer"
+    src.close()

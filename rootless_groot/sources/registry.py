@@ -374,7 +374,12 @@ class RegistrySource:
         """An insecure registry may speak plain HTTP: try https first, then http (like podman)."""
         from .registry_http import RegistryUnreachable
 
-        if not ep.base.startswith("https://") or not self.transport.is_insecure(ep.host):
+        from .registry_hosts import is_loopback
+
+        # A registry on this machine's loopback may speak plain HTTP without --insecure-registry,
+        # as docker allows for 127.0.0.0/8; its TLS, if it speaks TLS, is still verified.
+        loopback = is_loopback(ep.host) and not self.transport.is_insecure(ep.host)
+        if not ep.base.startswith("https://") or not (loopback or self.transport.is_insecure(ep.host)):
             return ep
         try:
             resp = self.transport.request("GET", f"{ep.base}/v2/", {}, what="ping", retry=False)
@@ -383,6 +388,10 @@ class RegistrySource:
         except RegistryUnreachable as e:
             if "connection refused" in str(e) or "unknown host" in str(e):
                 raise
+            if loopback:
+                if "does not speak TLS" not in str(e):
+                    raise
+                self.transport.insecure += (ep.host,)
             ep.base = "http://" + ep.host
             self._attach_auth(ep)
             log.info("registry.plain-http", registry=ep.host)

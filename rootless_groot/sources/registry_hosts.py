@@ -24,6 +24,12 @@ def host_matches(host: str, patterns: Iterable[str]) -> bool:
     return False
 
 
+def is_loopback(host: str) -> bool:
+    """``localhost``, ``127.x.y.z`` or ``[::1]``, with or without a port: this machine itself."""
+    bare = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return bare in ("localhost", "[::1]") or (bare.startswith("127.") and bare.replace(".", "").isdigit())
+
+
 def _cert_dirs() -> list[str]:
     home = os.path.expanduser("~")
     return [os.path.join(home, ".config", "containers", "certs.d"), "/etc/containers/certs.d", "/etc/docker/certs.d"]
