@@ -23,7 +23,7 @@ from rootless_groot.layers.unpack import UnpackResult
 
 SEED = 20261130
 ITERATIONS = 1500
-TIME_BUDGET = 15.0
+TIME_BUDGET = 10.0
 ROOT = os.geteuid() == 0
 
 TYPES = [b"0", b"0", b"0", b"5", b"5", b"2", b"2", b"1", b"1", b"6", b"3", b"4", b"7", b"S", b"x", b"g",
