@@ -60,3 +60,24 @@ def test_mutated_documents_give_image_errors(seed):
                 call()
             except GrootError:
                 pass
+
+
+def test_mutated_layout_indexes_give_image_errors(tmp_path):
+    from rootless_groot.refs import parse_ref
+    from rootless_groot.sources import open_source
+
+    index = {"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": D, "size": 3,
+         "annotations": {"org.opencontainers.image.ref.name": "t"},
+         "platform": {"os": "linux", "architecture": "amd64"}}]}
+    rng = random.Random(7)
+    (tmp_path / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (tmp_path / "blobs" / "sha256").mkdir(parents=True)
+    for _ in range(150):
+        (tmp_path / "index.json").write_text(json.dumps(mutate(index, rng)))
+        for tag in (":t", ""):
+            source = open_source(parse_ref(f"oci://{tmp_path}{tag}"), WANT)
+            try:
+                source.resolve()
+            except GrootError:
+                pass

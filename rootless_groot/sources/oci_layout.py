@@ -94,7 +94,8 @@ class OCILayoutSource:
         if not isinstance(manifests, list) or not manifests:
             raise ImageError(f"OCI layout {self.ref.path} holds no images")
         if self.ref.tag is not None:
-            named = [m for m in manifests if isinstance(m, dict) and (m.get("annotations") or {}).get(REF_NAME) == self.ref.tag]
+            named = [m for m in manifests if isinstance(m, dict) and isinstance(m.get("annotations"), dict)
+                     and m["annotations"].get(REF_NAME) == self.ref.tag]
             if not named:
                 raise NotFound(f"OCI layout {self.ref.path} has no image tagged `{self.ref.tag}`")
             if len(named) > 1:
