@@ -474,3 +474,14 @@ def test_plain_http_on_loopback_without_insecure_registry(stub):
     assert image.env == ["ARCH=amd64"]
     assert read_all(src.open_blob(image.layers[1])) == b"amd64 layer"
     src.close()
+
+
+@pytest.mark.parametrize("expires", ["1" + "0" * 400, "1e999", "-5", '"soon"', "null"])
+def test_odd_token_lifetimes_are_the_default_not_a_crash(stub, expires):
+    REALM[0] = f"{stub.url}/token"
+    manifest, blobs = make_image([b"layer"])
+    serve_repo(stub, "app", {"v1": (manifest, OCI_MANIFEST)}, blobs, guard=token_guard([]))
+    stub.routes["/token"] = lambda req: (200, {}, b'{"token": "good-token", "expires_in": %s}' % expires.encode())
+    src = source(stub, "app:v1")
+    image = src.resolve()
+    assert read_all(src.open_blob(image.layers[0])) == b"layer"

@@ -369,7 +369,8 @@ class Authenticator:
         if not isinstance(token, str) or not token:
             raise AuthError(f"token server {realm_host} sent no token")
         expires_in = doc.get("expires_in")
-        if isinstance(expires_in, bool) or not isinstance(expires_in, (int, float)) or expires_in < DEFAULT_TOKEN_LIFETIME:
+        if (isinstance(expires_in, bool) or not isinstance(expires_in, (int, float))
+                or not DEFAULT_TOKEN_LIFETIME <= expires_in <= 366 * 86400):  # NaN, 1e400: the default
             expires_in = DEFAULT_TOKEN_LIFETIME
         self.token = token
         self.expires = time.time() + float(expires_in) - 5
