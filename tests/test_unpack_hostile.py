@@ -8,6 +8,7 @@ The whole corpus runs with RLIMIT_NOFILE at 1024, the common default.
 """
 from __future__ import annotations
 
+import gc
 import gzip
 import io
 import os
@@ -337,6 +338,7 @@ def test_hostile_layer(case, box, fd_limit_1024):
     expect, build = CASES[case]
     blob = build()
     before = snapshot(box / "outside")
+    gc.collect()  # sockets earlier tests left to the collector must not close mid-case
     fds_before = len(os.listdir("/proc/self/fd"))
     outcome = run_case(blob, box)
     if isinstance(outcome, LayerError):
