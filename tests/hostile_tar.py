@@ -6,6 +6,7 @@ names...), so these helpers lay out ustar headers byte by byte.
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 
 BLOCK = 512
@@ -107,3 +108,15 @@ def nofile_limit(limit: int):
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def fds_under(path) -> int:
+    """Open fds of this process on files under ``path`` (a leak check blind to other tests' sockets)."""
+    prefix, count = str(path), 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        count += target == prefix or target.startswith(prefix + "/")
+    return count
