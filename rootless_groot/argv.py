@@ -178,6 +178,7 @@ def help_text(prog: str, description: str, global_opts: list[Opt], commands: dic
         c = commands[command]
         lines = [f"usage: {prog} [global options] {c.usage()}", "", c.help, ""]
         lines += [f"  {o.usage():<38} {o.help}" for o in c.opts]
+        lines += ["", f"Global options (`{prog} --help`) may also come after the command."]
         return "\n".join(lines).rstrip() + "\n"
     lines = [f"usage: {prog} [global options] COMMAND [options] [args]", "", description, "", "global options:"]
     lines += [f"  {o.usage():<38} {o.help}" for o in global_opts]
