@@ -16,13 +16,14 @@ TEST_TIMEOUT ?= 3000
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: help venv deps test-venv run test unit bench clean
+.PHONY: help venv deps test-venv run test unit bench clean torture
 
 help:
 	@echo "make venv       dev venv in $(VENV) (editable install with test extras)"
 	@echo "make run        install deps (when root) and run scripts/demo.sh"
 	@echo "make test       (root) system deps + test user + test venv, then pytest tests integration"
 	@echo "make unit       unit tests only (tests/), any user"
+	@echo "make torture    (root) 300 kill -9 iterations of issue 9's torture test"
 	@echo "make bench      benchmarks"
 	@echo "make peer-tests GrootFS's own integration suite against us (GROOTFS_SUITE=..., docs/peer-tests.md)"
 	@echo "make clean      remove venvs and build output"
@@ -83,6 +84,18 @@ test:
 	rc=$$?; rm -rf "$$bt"; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected (exit 5), treated as success"; rc=0; fi; \
 	exit $$rc
+
+# Issue 9's torture test at full length (300 kill -9 iterations; make test runs 24). As root, like test.
+TORTURE_ITERATIONS ?= 300
+TORTURE_REPORT ?= $(TEST_ROOT)/torture-report.json
+torture:
+	@if [ "$$(id -u)" -ne 0 ]; then echo "make torture must run as root (it drops to '$(TEST_USER)')" >&2; exit 1; fi
+	$(MAKE) --no-print-directory deps test-venv
+	@set +e; bt=$$(mktemp -d /tmp/rootless-groot-pytest.XXXXXX); \
+	RG_TEST_PYTHON=$(TEST_PY) RG_TEST_ROOT=$(TEST_ROOT) RG_TEST_USER=$(TEST_USER) PYTHONDONTWRITEBYTECODE=1 \
+	    RG_TORTURE_ITERATIONS=$(TORTURE_ITERATIONS) RG_TORTURE_REPORT=$(TORTURE_REPORT) \
+	    $(TEST_PY) -m pytest -p no:cacheprovider --basetemp="$$bt" integration/test_torture.py $(PYTEST_ARGS); \
+	rc=$$?; rm -rf "$$bt"; echo "report: $(TORTURE_REPORT)"; exit $$rc
 
 unit: $(VENV_PY)
 	@$(VENV_PY) -c 'import pytest, rootless_groot' 2>/dev/null || $(MAKE) --no-print-directory venv

@@ -300,6 +300,8 @@ class Recorded:
 class Faults:
     cut_blobs_once: set = field(default_factory=set)    # digests: first full GET is cut halfway
     corrupt_blobs: set = field(default_factory=set)     # digests: one byte flipped in every GET
+    corrupt_blobs_once: set = field(default_factory=set)  # digests: one byte flipped in the first GET only
+    stall_blobs: set = field(default_factory=set)       # digests: headers and half the body, then silence
     status_once: dict = field(default_factory=dict)     # path substring -> status (e.g. 429) answered once
     redirect_blobs_to: str | None = None                # base URL: blob GETs answer 307 there
     ignore_range: bool = False                          # answer 200 with the full blob to Range requests
@@ -317,6 +319,7 @@ class FaultProxy(_Threaded):
         self.host_name = host
         self._done_once: set = set()
         self._lock = threading.Lock()
+        self.released = threading.Event()  # ends the stalls (set by stop)
 
     @property
     def host(self) -> str:
@@ -328,6 +331,10 @@ class FaultProxy(_Threaded):
 
     def blob_requests(self) -> list[Recorded]:
         return [r for r in self.requests if "/blobs/" in r.path]
+
+    def stop(self) -> None:
+        self.released.set()
+        super().stop()
 
     def start(self) -> "FaultProxy":
         outer = self
@@ -398,10 +405,14 @@ class FaultProxy(_Threaded):
                 finally:
                     conn.close()
                 if digest and method == "GET" and status in (200, 206):
-                    if digest in f.corrupt_blobs and body:
+                    corrupt = digest in f.corrupt_blobs or (
+                        digest in f.corrupt_blobs_once and self._once(("corrupt", digest)))
+                    if corrupt and body:
                         mid = len(body) // 2
                         body = body[:mid] + bytes([body[mid] ^ 0xFF]) + body[mid + 1:]
-                    if digest in f.cut_blobs_once and status == 200 and self._once(("cut", digest)):
+                    stall = digest in f.stall_blobs
+                    if stall or (digest in f.cut_blobs_once and status == 200 and self._once(("cut", digest))):
+                        # half the body, then silence (a stalled registry) or a cut connection
                         rec.status = status
                         self.send_response(status)
                         for k, v in up_headers.items():
@@ -410,6 +421,8 @@ class FaultProxy(_Threaded):
                         self.end_headers()
                         self.wfile.write(body[: len(body) // 2])
                         self.wfile.flush()
+                        if stall:
+                            outer.released.wait(120)  # the connection stays open, nothing comes
                         self.close_connection = True
                         try:
                             self.connection.shutdown(socket.SHUT_RDWR)

@@ -230,3 +230,31 @@ def test_sigterm_mid_unpack_is_handled_like_sigint(cli, store_dir, user_tmp, tes
     assert proc.returncode == 143 and out == "terminated\n", (out, err)
     assert tmp_entries(store_dir) == []
     assert not os.path.exists(os.path.join(store_dir, "images", "t1"))
+
+
+def test_damaged_layer_is_never_silent_and_check_repairs_it(cli, store_dir, layout):
+    lay, _ = layout
+    spec = create(cli, store_dir, lay.uri("v1"), "d1")
+    chain = layer_with(store_dir, "data/big")
+    diff = os.path.join(store_dir, "layers", chain, "diff")
+    assert cli("--store", store_dir, "check").stdout == "store is consistent\n"
+    # a file removed from the cached layer: the next create refuses to build on it
+    os.unlink(os.path.join(diff, "data", "big"))
+    r = create(cli, store_dir, lay.uri("v1"), "d2", check=False)
+    assert r.returncode == 1 and len(r.stdout.splitlines()) == 1, r.stdout
+    assert "damaged (/data changed since it was unpacked)" in r.stdout and "check --repair" in r.stdout
+    assert listed(cli, store_dir) == ["d1"]
+    # a file changed in place: only the full check sees it
+    with open(os.path.join(diff, "etc", "motd"), "w") as f:
+        f.write("changed\n")
+    r = cli("--store", store_dir, "check", check=False)
+    assert r.returncode == 1
+    assert f"layer {chain}: damaged: /data/big missing, /etc/motd changed" in r.stdout, r.stdout
+    assert r.stdout.splitlines()[-1] == "check: 1 problem(s) found: `check --repair` fixes what it can"
+    # repair: the layer is fetched again from the image d1 was made from, d1 is remounted
+    r = cli("--store", store_dir, "check", "--repair")
+    assert r.stdout == "store is consistent\n", r.stdout + r.stderr
+    assert in_store(cli, store_dir, "cat", spec["root"]["path"] + "/etc/motd").stdout == "hello\n"
+    assert in_store(cli, store_dir, "test", "-f", spec["root"]["path"] + "/data/big").returncode == 0
+    create(cli, store_dir, lay.uri("v1"), "d2")
+    assert cli("--store", store_dir, "check").stdout == "store is consistent\n"

@@ -223,6 +223,25 @@ def test_corrupted_blob_is_refused_and_not_cached(cli, store_dir, env, proxy):
     assert not os.path.isdir(tmp) or os.listdir(tmp) == []
 
 
+def test_blob_corrupted_once_is_fetched_again_from_scratch(cli, store_dir, env, proxy):
+    proxy.faults.corrupt_blobs_once.add(env.images.big.digest)
+    r = cli("--store", store_dir, "create", "--insecure-registry", proxy.host, f"docker://{proxy.host}/{REPO}:v1", "c1")
+    big = [x for x in proxy.blob_requests() if x.path.endswith(env.images.big.digest) and x.method == "GET"]
+    assert len(big) == 2 and "Range" not in big[1].headers  # the second fetch starts from byte 0
+    assert env.images.chain_of(1) in layer_dirs(store_dir)
+    assert "fetching" in r.stderr and "once more" in r.stderr
+
+
+def test_stalled_registry_fails_after_the_inactivity_timeout(cli, store_dir, env, proxy):
+    proxy.faults.stall_blobs.add(env.images.big.digest)
+    r = create(cli, store_dir, f"{proxy.host}/{REPO}:v1", "c1", "--insecure-registry", proxy.host,
+               "--registry-timeout", "2", check=False)
+    line = failure(r)
+    assert env.images.big.digest in line and "sent nothing for 2 s (inactivity timeout" in line, line
+    assert env.images.chain_of(1) not in layer_dirs(store_dir)
+    assert not os.path.exists(os.path.join(store_dir, "images", "c1"))
+
+
 def test_429_then_success(cli, store_dir, env, proxy):
     proxy.faults.status_once[f"/v2/{REPO}/manifests/"] = 429
     create(cli, store_dir, f"{proxy.host}/{REPO}:v1", "c1", "--insecure-registry", proxy.host)

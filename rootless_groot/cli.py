@@ -45,6 +45,8 @@ _REGISTRY_OPTS = [
     Opt("--pull", dest="pull_policy", choices=("always", "missing", "never"), metavar="always|missing|never",
         help="always: ask the registry for the tag (default); missing: reuse the store's last resolution; never"),
     Opt("--quiet,-q", "true", help="no progress on stderr"),
+    Opt("--registry-timeout", "int", help="fail when a registry sends nothing for this long (default 30)",
+        metavar="SECONDS"),
 ]
 
 COMMANDS = {c.name: c for c in [
@@ -77,6 +79,9 @@ COMMANDS = {c.name: c for c in [
     Command("clean", "remove layers no image uses and leftovers of interrupted commands",
             [Opt("--threshold-bytes", "int", help="only when the store holds more than N bytes", metavar="N")]),
     Command("capacity", "the store's configured size, as JSON"),
+    Command("check", "verify every cached layer against its unpack-time record, and every image", [
+        Opt("--repair", "true", help="remove what is damaged, fetch layers again, finish half-made images, remount"),
+    ]),
     Command("enter", "run a command inside the store's user and mount namespace (default: $SHELL)", rest="cmd"),
     Command("run", "create (or reuse, with --name) an image and run a container from it with runc; "
             "the container shares the host's network", [
@@ -115,6 +120,7 @@ def _config(args: Args):
         overrides["with_clean"] = False
     overrides["clean_threshold_bytes"] = getattr(args, "threshold_bytes", None)
     overrides["store_size_bytes"] = getattr(args, "store_size_bytes", None)
+    overrides["registry_timeout_seconds"] = getattr(args, "registry_timeout", None)
     overrides["insecure_registries"] = getattr(args, "insecure_registry", None)
     return config.build(args.config, overrides)
 
@@ -308,9 +314,14 @@ def _create(args, cfg, ctx, image_id: str):
                               progress=_show_progress(args))
             with log.Step("making-image", "info", mount=not cfg.without_mount, disk_limit=limit):
                 retry_remounts(ctx)  # images a remount failed for (one listdir when there are none)
+                from .store.integrity import quick_check
+
+                for layer in image.layers:  # a damaged cached layer must not make a wrong rootfs
+                    quick_check(ctx, layer.chain_id, layer.name)
                 return create_image(ctx, image_id, [layer.chain_id for layer in image.layers], image.env,
                                     mount=not cfg.without_mount, quota=limit,
-                                    exclude_image_from_quota=cfg.exclude_image_from_quota, config=image.config)
+                                    exclude_image_from_quota=cfg.exclude_image_from_quota, config=image.config,
+                                    source=args.image)
     finally:
         source.close()
 
@@ -397,6 +408,23 @@ def cmd_clean(args, cfg) -> int:
     return 0
 
 
+def cmd_check(args, cfg) -> int:
+    from .argv import Args
+    from .store.check import check_store
+
+    def reopen(image: str):
+        return _image_source(Args({"image": image, "platform": None, "username": None, "password": None}), cfg)
+
+    problems = check_store(_open(cfg), repair=args.repair, open_source=reopen)
+    for line in problems:
+        print(line)
+    if problems:
+        raise GrootError(f"check: {len(problems)} problem(s) {'left' if args.repair else 'found'}"
+                         f"{'' if args.repair else ': `check --repair` fixes what it can'}")
+    print("store is consistent")
+    return 0
+
+
 def cmd_capacity(args, cfg) -> int:
     _print_json({"capacity": cfg.store_size_bytes})
     return 0
@@ -445,6 +473,7 @@ def _registry_options(args: Args, cfg) -> dict[str, Any]:
         "pull_policy": getattr(args, "pull_policy", None),
         "skip_layer_validation": getattr(cfg, "skip_layer_validation", False),
         "remote_layer_client_certificates_path": getattr(cfg, "remote_layer_client_certificates_path", None),
+        "inactivity_timeout": cfg.registry_timeout_seconds,
     }
 
 
@@ -517,6 +546,7 @@ HANDLERS = {
     "list": cmd_list,
     "clean": cmd_clean,
     "capacity": cmd_capacity,
+    "check": cmd_check,
     "enter": cmd_enter,
     "pull": cmd_pull,
     "run": cmd_run,

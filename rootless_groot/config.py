@@ -27,6 +27,7 @@ class Config(Record):
         "with_clean": False, "without_mount": False, "disk_limit_size_bytes": 0, "insecure_registries": (),
         "clean_threshold_bytes": 0, "store_size_bytes": 0, "remote_layer_client_certificates_path": None,
         "tardis_bin": "", "metron_endpoint": "", "clean_log_file": "", "unknown_keys": (), "from_config_file": False,
+        "registry_timeout_seconds": 30,
     }
     __slots__ = tuple(_defaults)
     store: str
@@ -48,6 +49,7 @@ class Config(Record):
     clean_log_file: str
     unknown_keys: tuple[str, ...]  # config file keys ignored (GrootFS ignores them too); logged
     from_config_file: bool  # --config was given (a GrootFS/Garden set-up: no auto-init)
+    registry_timeout_seconds: int  # a registry that sends nothing for this long fails the command
 
 
 # YAML key path -> Config field
@@ -69,6 +71,7 @@ _YAML_KEYS: dict[tuple[str, ...], tuple[str, type]] = {
     ("tardis_bin",): ("tardis_bin", str),
     ("metron_endpoint",): ("metron_endpoint", str),
     ("create", "clean_log_file"): ("clean_log_file", str),
+    ("create", "registry_timeout_seconds"): ("registry_timeout_seconds", int),
 }
 # Keys GrootFS knows that have no meaning here; accepted silently so a GrootFS config file works
 # unchanged. Any other key is ignored too (GrootFS's parser is not strict), with a log line.

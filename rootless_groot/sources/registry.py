@@ -77,6 +77,7 @@ class RegistryOptions:
     store_root: str | None = None
     pull_policy: str = "always"
     registries_conf: tuple[str, ...] | None = None  # None: the standard locations
+    inactivity_timeout: float = 30.0  # seconds without a byte from the registry before giving up
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -194,7 +195,7 @@ class RegistrySource:
             endpoints.append(Endpoint(DOCKER_HUB_API, "docker.io", ref.repository))
         else:
             endpoints.append(Endpoint(f"https://{ref.registry}", ref.registry, ref.repository))
-        self.transport = Transport(insecure, self.options.registry_ca)
+        self.transport = Transport(insecure, self.options.registry_ca, timeout=self.options.inactivity_timeout)
         for ep in endpoints:
             self._attach_auth(ep)
         self._endpoints = endpoints
@@ -505,6 +506,10 @@ class BlobStream(io.RawIOBase):
             try:
                 data = self.resp.raw.read(want, decode_content=False)
             except Exception as e:  # noqa: BLE001 - urllib3/socket errors: resume below
+                if "Timeout" in type(e).__name__ or isinstance(e, TimeoutError):
+                    raise LayerError(f"{self.layer.name}: registry {self.ep.host} sent nothing for "
+                                     f"{self.source.options.inactivity_timeout:g} s (inactivity timeout, "
+                                     f"--registry-timeout) after {self.offset} of {self.size} bytes") from None
                 data, error = b"", type(e).__name__
             if data:
                 n = len(data)

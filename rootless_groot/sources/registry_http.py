@@ -31,7 +31,7 @@ MAX_ERROR_BODY = 1 << 20
 MAX_RETRY_AFTER = 10.0
 RETRIES = 4  # attempts after the first
 CONNECT_TIMEOUT = 30.0
-READ_TIMEOUT = 60.0
+READ_TIMEOUT = 30.0  # the default inactivity timeout (RegistryOptions.inactivity_timeout)
 RETRY_STATUS = {429, 500, 502, 503, 504}
 BACKOFF = 0.25  # seconds before the first retry; doubles each time
 
@@ -118,7 +118,7 @@ class Transport:
 
     def __init__(self, insecure: Iterable[str] = (), ca_file: str | None = None,
                  sleep: Callable[[float], None] | None = None, allow_http: bool = False,
-                 client_certs_dir: str | None = None):
+                 client_certs_dir: str | None = None, timeout: float | None = None):
         import requests  # noqa: F401 - the one place the pull flow pays for it
 
         if insecure:  # the user asked for it by name (--insecure-registry): no warning per request
@@ -127,6 +127,8 @@ class Transport:
             from urllib3.exceptions import InsecureRequestWarning
 
             warnings.simplefilter("ignore", InsecureRequestWarning)
+        # seconds without a byte (connect or read) before a request fails: the inactivity timeout
+        self.timeout = (CONNECT_TIMEOUT, READ_TIMEOUT) if timeout is None else (timeout, timeout)
         self.insecure = tuple(insecure)
         self.allow_http = allow_http  # layer ``urls`` (GrootFS fetches them over http too): digest-checked
         self.client_certs_dir = client_certs_dir  # containers' certs.d layout: *.crt CAs, *.cert + *.key
@@ -205,7 +207,7 @@ class Transport:
         host = host_of(url)
         try:
             return self.session().request(method, url, headers=headers, stream=stream, allow_redirects=False,
-                                          timeout=(CONNECT_TIMEOUT, READ_TIMEOUT), proxies=get_environ_proxies(url),
+                                          timeout=self.timeout, proxies=get_environ_proxies(url),
                                           verify=True)
         except requests.exceptions.SSLError as e:
             text = str(e)
@@ -233,8 +235,11 @@ class Transport:
         while True:
             try:
                 resp = self._follow(method, url, dict(headers or {}), auth_for, stream)
-            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-                    requests.exceptions.ChunkedEncodingError) as e:
+            except requests.exceptions.Timeout:
+                # Nothing for the whole inactivity timeout: waiting again would only multiply it.
+                raise RegistryUnreachable(f"registry {host_of(url)} sent nothing for {self.timeout[1]:g} s "
+                                          f"(inactivity timeout, --registry-timeout) for {what}") from None
+            except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
                 if retry and attempt < RETRIES and not _unresolvable(e):  # a name that does not resolve: at once
                     log.info("registry.retry", url=url, attempt=attempt + 1, reason=_conn_reason(e))
                     self.sleep(retry_delay(None, attempt))

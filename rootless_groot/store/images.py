@@ -33,8 +33,9 @@ IMAGE_SUBDIRS = ("diff", "work", "rootfs")  # upperdir, workdir, mountpoint
 class ImageInfo(Record):
     """What ``image.json`` records about one image."""
 
-    __slots__ = ("image_id", "layers", "env", "size", "mount", "quota", "exclude_image_from_quota", "config")
-    _defaults = {"config": None}
+    __slots__ = ("image_id", "layers", "env", "size", "mount", "quota", "exclude_image_from_quota", "config",
+                 "source")
+    _defaults = {"config": None, "source": None}
     image_id: str
     layers: list[str]  # chain IDs, base first
     env: list[str]
@@ -43,6 +44,7 @@ class ImageInfo(Record):
     quota: int
     exclude_image_from_quota: bool
     config: dict | None  # the image config's Entrypoint, Cmd, WorkingDir, User (sources.base.run_config)
+    source: str | None  # the image reference it was made from (`check --repair` fetches layers again)
 
     def to_json(self) -> dict:
         doc = {"id": self.image_id, "layers": self.layers, "env": self.env, "size": self.size,
@@ -50,6 +52,8 @@ class ImageInfo(Record):
                "exclude_image_from_quota": self.exclude_image_from_quota}
         if self.config:
             doc["config"] = self.config
+        if self.source:
+            doc["source"] = self.source
         return doc
 
 
@@ -69,7 +73,8 @@ def read_image(ctx: StoreContext, image_id: str, name: str = IMAGE_META) -> Imag
             data = loads(f.read())
         return ImageInfo(data["id"], list(data["layers"]), list(data["env"]), int(data["size"]), bool(data["mount"]),
                          int(data.get("quota", 0)), bool(data.get("exclude_image_from_quota", False)),
-                         data.get("config") if isinstance(data.get("config"), dict) else None)
+                         data.get("config") if isinstance(data.get("config"), dict) else None,
+                         data.get("source") if isinstance(data.get("source"), str) else None)
     except FileNotFoundError:
         raise NotFound(f"Image `{image_id}` not found.") from None
     except (ValueError, KeyError, TypeError, AttributeError):
@@ -295,7 +300,8 @@ def runtime_spec(ctx: StoreContext, info: ImageInfo) -> dict:
 
 
 def create_image(ctx: StoreContext, image_id: str, layers: list[str], env: list[str], *, mount: bool,
-                 quota: int, exclude_image_from_quota: bool, config: dict | None = None) -> ImageInfo:
+                 quota: int, exclude_image_from_quota: bool, config: dict | None = None,
+                 source: str | None = None) -> ImageInfo:
     """Assemble the image directory in ``tmp/``, rename it into ``images/``, then mount it."""
     store = ctx.store
     if mount or quota:  # an image left unmounted is made from outside: no namespace to join
@@ -305,7 +311,7 @@ def create_image(ctx: StoreContext, image_id: str, layers: list[str], env: list[
     size = sum(layer_size(ctx, c) for c in layers)
     for chain_id in layers:
         ensure_short_link(ctx, chain_id)
-    info = ImageInfo(image_id, layers, env, size, mount, quota, exclude_image_from_quota, config)
+    info = ImageInfo(image_id, layers, env, size, mount, quota, exclude_image_from_quota, config, source)
     work = make_temp_dir(store.tmp, f"image-{image_id[:32]}-")
     lock = -1
     try:

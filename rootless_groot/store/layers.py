@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from .context import StoreContext
 
 LAYER_META = "layer.json"
+# What a blob damaged on its way here looks like (verify.py, decompress.py): worth one more fetch.
+TRANSFER_ERRORS = ("digest mismatch", "size mismatch", "corrupt gzip", "truncated gzip", "corrupt zstd",
+                   "truncated zstd")
 
 
 def layer_size(ctx: StoreContext, chain_id: str) -> int:
@@ -210,21 +213,31 @@ def _unpack(ctx: StoreContext, source: ImageSource, layer: LayerDescriptor,
     chown = ctx.meta.rootless or os.geteuid() == 0
     try:
         diff = os.path.join(work, "diff")
-        os.mkdir(diff, 0o755)
-        dest = _make_base_dir(ctx, diff, layer, lowers, chown) if layer.base_dir else diff
-        with source.open_blob(layer) as raw:
-            result = unpack_blob(
-                reporter.wrap(layer, raw) if reporter else raw,
-                dest,
-                digest=layer.digest if layer.verify_digest else None,
-                size=layer.size if layer.verify_size else None,
-                diff_id=layer.diff_id if layer.verify_diff_id else None,
-                chown=chown,
-                allow_devices=not ctx.meta.rootless,
-                id_translate=ctx.id_translate(),
-                what=layer.name,
-                max_size=max_size,
-            )
+        for attempt in (1, 2):
+            os.mkdir(diff, 0o755)
+            dest = _make_base_dir(ctx, diff, layer, lowers, chown) if layer.base_dir else diff
+            try:
+                with source.open_blob(layer) as raw:
+                    result = unpack_blob(
+                        reporter.wrap(layer, raw) if reporter else raw,
+                        dest,
+                        digest=layer.digest if layer.verify_digest else None,
+                        size=layer.size if layer.verify_size else None,
+                        diff_id=layer.diff_id if layer.verify_diff_id else None,
+                        chown=chown,
+                        allow_devices=not ctx.meta.rootless,
+                        id_translate=ctx.id_translate(),
+                        what=layer.name,
+                        max_size=max_size,
+                    )
+                break
+            except LayerError as e:
+                if attempt == 2 or not any(sign in str(e) for sign in TRANSFER_ERRORS):
+                    raise
+                # Damaged in transit, maybe once (a proxy, a flaky link): one more try from scratch.
+                log.warn("layer.fetch-again", layer=layer.name, error=str(e),
+                         text=f"{e}: fetching {layer.name} once more")
+                remove_tree(diff)
         if reporter:
             reporter.verifying(layer)  # the digests are checked: what is left is the install
         if result.squashed_owners:
@@ -237,6 +250,11 @@ def _unpack(ctx: StoreContext, source: ImageSource, layer: LayerDescriptor,
                           "lost those bits (the store owner must not gain them)")
         meta = {"chain_id": layer.chain_id, "diff_id": result.diff_id, "digest": layer.digest,
                 "size": result.size, "entries": result.entries}
+        from .integrity import write_records
+
+        recorded = time.monotonic()
+        write_records(ctx, work)  # what `create` and `check` compare the cached layer with
+        recorded = time.monotonic() - recorded
         with open(os.path.join(work, LAYER_META), "w") as f:
             f.write(dumps(meta))
         os.chmod(work, 0o755)
@@ -249,7 +267,7 @@ def _unpack(ctx: StoreContext, source: ImageSource, layer: LayerDescriptor,
         remove_tree(work)
         raise
     log.info("layer.unpacked", layer=layer.name, chain_id=layer.chain_id, size=result.size,
-             entries=result.entries, seconds=round(time.monotonic() - started, 3))
+             entries=result.entries, seconds=round(time.monotonic() - started, 3), record_seconds=round(recorded, 3))
     return work, meta
 
 
