@@ -25,7 +25,7 @@ def complete(tmp_path, *words, lister=None):
 def test_commands_flags_and_values(tmp_path):
     assert complete(tmp_path, "cr") == ["create"]
     assert "run" in complete(tmp_path, "--store", "/s", "")
-    assert complete(tmp_path, "run", "--r") == ["--registry-ca", "--registry-mirror", "--rm", "--runtime"]
+    assert complete(tmp_path, "run", "--r") == ["--registry-ca", "--registry-mirror", "--registry-timeout", "--rm", "--runtime"]
     assert "--store" in complete(tmp_path, "list", "--")  # global flags after the command too
     assert complete(tmp_path, "--log-level", "d") == ["debug"]
     assert complete(tmp_path, "create", "--pull", "m") == ["missing"]
