@@ -193,10 +193,14 @@ class RG:
 
 
 def round_robin(b: Bench, reps: int, entries: dict[str, tuple]) -> None:
-    """entries: key -> (fn, cleanup or None). Runs fn() reps times per key, interleaved;
-    a key whose fn failed is not run again."""
+    """entries: key -> (fn, cleanup or None). Runs fn() reps times per key, interleaved, each
+    round starting one entry later (what runs after an idle moment or after a given peer
+    changes from round to round); a key whose fn failed is not run again."""
+    keys = list(entries)
     for i in range(reps):
-        for key, (fn, cleanup) in entries.items():
+        shift = i % len(keys) if keys else 0
+        for key in keys[shift:] + keys[:shift]:
+            fn, cleanup = entries[key]
             s = b.sample(key)
             for attempt in (1, 2):  # one retry: the shared test venv may be mid-reinstall
                 if s.error:
@@ -332,7 +336,7 @@ def memory(b: Bench) -> None:
         rg = RG(b, b.fresh("store-mem"))
         try:
             mib, doc = peak_rss(rg.create_argv("debian", "mem"), b.env)
-            b.info["memory.rg.top"] = doc["top"]
+            b.info.setdefault("memory.rg.top", []).append(doc["top"])
             b.sample("memory.rg_sum", "MiB").values.append(doc["sum_kib"] / 1024)
             b.sample("memory.rg_pss", "MiB").values.append(doc["pss_kib"] / 1024)
             return mib
@@ -560,6 +564,7 @@ def grootfs(b: Bench) -> None:
         rg = RG(b, b.fresh_in(xfs, "store-mem"))
         try:
             mib, doc = peak_rss(rg.create_argv("debian", "mem", "--without-mount"), b.env)
+            b.info.setdefault("grootfs.memory.rg.top", []).append(doc["top"])
             b.sample("grootfs.memory.rg_sum", "MiB").values.append(doc["sum_kib"] / 1024)
             b.sample("grootfs.memory.rg_pss", "MiB").values.append(doc["pss_kib"] / 1024)
             return mib
@@ -569,6 +574,7 @@ def grootfs(b: Bench) -> None:
     def gfs_mem():
         g = gfs.GrootFS(setup, next(mem_stores), b.env)
         mib, doc = peak_rss(g.create_argv(host, ref, "mem"), b.env)
+        b.info.setdefault("grootfs.memory.gfs.top", []).append(doc["top"])
         b.sample("grootfs.memory.gfs_sum", "MiB").values.append(doc["sum_kib"] / 1024)
         b.sample("grootfs.memory.gfs_pss", "MiB").values.append(doc["pss_kib"] / 1024)
         return mib
