@@ -254,6 +254,37 @@ def root_run(a, user: User, store: str, res: dict) -> None:
     res["root_stats"] = _rc(sh(*cli, "stats", "rootimg", check=False))
     res["user_deletes_root_image"] = user.cli(store, "delete", "rootimg")
     res["root_image_gone"] = not os.path.exists(image)
+    garden_store(a, res)
+
+
+MAXIMUS = 4294967294
+
+
+def garden_store(a, res: dict) -> None:
+    """garden-runc-release's exact set-up: init-store --store-size-bytes with 0:maximus:1 and
+    1:1:maximus-1; root creates with a limit, the container's root (maximus) writes, root deletes."""
+    store = f"{a.mnt}/garden-store"
+    maps = [f"0:{MAXIMUS}:1", f"1:1:{MAXIMUS - 1}"]
+    cli = [a.python, "-m", "rootless_groot", "--store", store]
+    init = sh(*cli, "init-store", "--store-size-bytes", str(1 << 30), *[x for m in maps for x in ("--uid-mapping", m)],
+              *[x for m in maps for x in ("--gid-mapping", m)], check=False)
+    res["garden_init"] = _rc(init)
+    if init.returncode:
+        return
+    r = sh(*cli, "create", "--disk-limit-size-bytes", str(10 * MIB), a.layout, "cell", check=False)
+    res["garden_create"] = _rc(r)
+    if r.returncode:
+        return
+    rootfs = json.loads(r.stdout)["root"]["path"]
+    res["garden_owner"] = os.stat(f"{rootfs}/bin").st_uid
+    as_maximus = ["setpriv", f"--reuid={MAXIMUS}", f"--regid={MAXIMUS}", "--clear-groups"]
+    for name, mib in (("garden_w4", 4), ("garden_w2", 2)):
+        res[name] = _rc(sh(*as_maximus, "dd", "if=/dev/zero", f"of={rootfs}/{name}", "bs=1M", f"count={mib}",
+                           "conv=fsync", check=False))
+    res["garden_stats"] = _rc(sh(*cli, "stats", "cell", check=False))
+    res["garden_delete"] = _rc(sh(*cli, "delete", "cell", check=False))
+    res["garden_clean"] = _rc(sh(*cli, "clean", check=False))
+    res["garden_delete_store"] = _rc(sh(*cli, "delete-store", check=False))
 
 
 ABUSER = r"""

@@ -85,6 +85,15 @@ def check_semantics(res: dict, fs: str) -> None:
     assert json.loads(res["root_stats"]["out"])["disk_usage"]["quota_size_bytes"] == 10 * MIB, res["root_stats"]
     assert res["user_deletes_root_image"]["rc"] == 0, res["user_deletes_root_image"]
     assert res["root_image_gone"]
+    # garden-runc-release's own store: Garden's mappings and store size, root runs everything
+    assert res["garden_init"]["rc"] == 0, res["garden_init"]
+    assert res["garden_create"]["rc"] == 0, res["garden_create"]
+    assert res["garden_owner"] == 4294967294
+    assert res["garden_w4"]["rc"] == 0, res["garden_w4"]
+    assert res["garden_w2"]["rc"] != 0 and full in res["garden_w2"]["err"], res["garden_w2"]
+    assert json.loads(res["garden_stats"]["out"])["disk_usage"]["quota_size_bytes"] == 10 * MIB
+    for step in ("garden_delete", "garden_clean", "garden_delete_store"):
+        assert res[step]["rc"] == 0, res[step]
 
 
 @pytest.fixture

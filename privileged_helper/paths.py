@@ -29,7 +29,8 @@ def denied() -> HelperError:
 
 def _setfsid(fn, value: int) -> None:
     fn(ctypes.c_uint(value))
-    if fn(ctypes.c_uint(0xFFFFFFFF)) != value:  # -1 changes nothing and returns the current value
+    # -1 changes nothing and returns the current value (as a C int: ids above 2^31 come back negative)
+    if fn(ctypes.c_uint(0xFFFFFFFF)) & 0xFFFFFFFF != value:
         raise HelperError("failed", "cannot switch the filesystem uid")
 
 
