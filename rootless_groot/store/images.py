@@ -362,17 +362,24 @@ def create_image(ctx: StoreContext, image_id: str, layers: list[str], env: list[
 
 
 def _write_marker(image_dir: str, info: ImageInfo) -> None:
-    """Write ``image.json`` whole (a new file, then a rename), then drop the pending record.
+    """Make the image real: rename its pending record to ``image.json``.
 
-    Not a rename of the pending record: with an XFS disk limit the directory now has a project
-    ID that files made before it do not carry, and XFS refuses such renames (EXDEV).
+    With an XFS disk limit the directory now has a project ID that the record (made before)
+    does not carry, and XFS refuses that rename (EXDEV): then ``image.json`` is written whole
+    (a new file, then a rename) and the pending record dropped.
     """
-    final = os.path.join(image_dir, IMAGE_META)
+    pending, final = os.path.join(image_dir, PENDING_META), os.path.join(image_dir, IMAGE_META)
+    try:
+        os.rename(pending, final)
+        return
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
     tmp = f"{final}.tmp"
     with open(tmp, "w") as f:
         f.write(dumps(info.to_json()))
     os.rename(tmp, final)
-    os.unlink(os.path.join(image_dir, PENDING_META))
+    os.unlink(pending)
 
 
 def _remove_image_dir(ctx: StoreContext, image_id: str) -> None:
@@ -459,6 +466,10 @@ def delete_image(ctx: StoreContext, image_id: str) -> None:
                 os.rename(os.path.join(image_dir, IMAGE_META), os.path.join(image_dir, PENDING_META))
             except FileNotFoundError:
                 pass
+            except OSError as e:  # XFS: a record older than the directory's project ID
+                if e.errno != errno.EXDEV:
+                    raise
+                os.unlink(os.path.join(image_dir, IMAGE_META))
             if quota_mod and info is not None:
                 quota_mod.release(ctx, info)
             _remove_image_dir(ctx, image_id)

@@ -12,7 +12,6 @@ Two records are written next to ``layers/<chainid>/diff`` before the layer is in
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 
@@ -62,6 +61,8 @@ def host_ids(ctx: StoreContext) -> Callable[[int, int], tuple[int, int]]:
 
 
 def _file_hash(path: str) -> str:
+    import hashlib  # not on the warm create path (quick_check): OpenSSL's import costs milliseconds
+
     h = hashlib.sha256()
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
@@ -74,6 +75,8 @@ def _file_hash(path: str) -> str:
 
 def walk_records(diff: str, ids: Callable[[int, int], tuple[int, int]]) -> tuple[list[str], list[str]]:
     """(manifest lines, dirs lines) of the tree at ``diff``, in a stable order."""
+    import hashlib
+
     manifest: list[str] = []
     dirs: list[str] = []
     stack = [""]
