@@ -239,9 +239,13 @@ def mount_in_doubt(ctx: StoreContext, info: ImageInfo) -> bool:
     if ctx.meta.rootless:
         if ctx.in_namespace:
             return False  # joined: a new keeper has remounted what it could
-        from ..namespace import running_keeper
+        alive = getattr(ctx, "_keeper_alive", None)  # asked once per command (list --json: per image)
+        if alive is None:
+            from ..namespace import running_keeper
 
-        return running_keeper(ctx.store) is None
+            alive = running_keeper(ctx.store) is not None
+            ctx._keeper_alive = alive  # type: ignore[attr-defined]
+        return not alive
     from ..mount import is_mountpoint
 
     return not is_mountpoint(os.path.join(ctx.store.image_dir(info.image_id), "rootfs"))
