@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from hostile_tar import base256, end, fds_under, gnu_long, header, member, nofile_limit, pad, pax, tar
+from hostile_tar import (base256, end, fds_under, gnu_long, header, member, nofile_limit, pad, pax, pax_record,
+                         tar)
 from rootless_groot.errors import LayerError, QuotaError
 from rootless_groot.layers.pipeline import unpack_blob
-from rootless_groot.layers.unpack import MAX_DEPTH, UnpackResult
+from rootless_groot.layers.unpack import MAX_DEPTH, UnpackResult, unpack_layer
 
 ROOT = os.geteuid() == 0
 CASE_BOUND = 60  # seconds: only a hang guard, far above what any case takes
@@ -435,3 +436,21 @@ def test_unmapped_setuid_loses_its_bits(box):
     assert stat.S_IMODE((box / "dest" / "suid").stat().st_mode) == 0o755
     assert stat.S_IMODE((box / "dest" / "fine").stat().st_mode) == 0o4755
     assert stat.S_IMODE((box / "dest" / "dir").stat().st_mode) == 0o775
+
+
+def test_a_pax_header_near_the_cap_survives_short_reads(box):
+    """A PAX header of 1 MiB - 100 bytes (its blocks: exactly 1 MiB) through a reader that
+    returns at most 512 bytes a call: short reads are not a truncated header."""
+    class Trickle(io.BytesIO):
+        def read(self, n=-1):
+            return super().read(min(n, 512) if n is not None and n >= 0 else 512)
+
+    target = (1 << 20) - 100
+    records = [pax_record(f"GROOT.pad{i}", "v" * 60_000) for i in range(17)]
+    rest = target - sum(map(len, records))
+    records.append(pax_record("GROOT.last", "w" * (rest - len(pax_record("GROOT.last", "")))))
+    body = b"".join(records)
+    assert (1 << 20) - 512 < len(body) <= 1 << 20  # blocks: exactly 1 MiB
+    blob = tar(header("PaxHeader", type=b"x", size=len(body)) + pad(body), member("f", b"x"))
+    result = unpack_layer(Trickle(blob), str(box / "dest"), chown=False, what="layer trickle")
+    assert result.entries == 1 and (box / "dest" / "f").read_bytes() == b"x"

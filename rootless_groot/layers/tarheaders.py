@@ -84,7 +84,15 @@ class HardTarInfo(tarfile.TarInfo):
     def _read_special(self, tar, kind: str) -> bytes:
         if not 0 <= self.size <= MAX_SPECIAL:
             raise InvalidHeaderError(f"{kind} of {self.size} bytes (the limit is {MAX_SPECIAL})")
-        buf = tar.fileobj.read(self._block(self.size))
+        want = self._block(self.size)
+        parts, got = [], 0
+        while got < want:  # the stream may return less than asked (a decompressor's chunk)
+            piece = tar.fileobj.read(want - got)
+            if not piece:
+                break
+            parts.append(piece)
+            got += len(piece)
+        buf = b"".join(parts)
         if len(buf) < self.size:
             raise tarfile.TruncatedHeaderError(f"truncated {kind}")
         return buf[:self.size]
