@@ -83,6 +83,18 @@ def sparse10(name: str, realsize: int, map_text: bytes, data: bytes = b"") -> by
     return pax(records) + header("GNUSparseFile.0/" + name, size=len(body)) + pad(body)
 
 
+def old_gnu_sparse(name: str, realsize: int, extension_blocks: int) -> bytes:
+    """An old GNU 'S' header whose map goes on in ``extension_blocks`` blocks (each a region)."""
+    extra = bytes(386 - 345) + (b"%011o\0" % 0) + (b"%011o\0" % 1) + bytes(72) + b"\x01" + b"%011o\0" % realsize
+    blocks = []
+    for i in range(extension_blocks):
+        block = bytearray(512)
+        block[0:24] = b"%011o\0%011o\0" % (2 * i + 2, 1)
+        block[504] = 1 if i + 1 < extension_blocks else 0
+        blocks.append(bytes(block))
+    return header(name, type=b"S", size=512, extra=extra) + b"".join(blocks) + b"D" * 512
+
+
 DEEP = "/".join(["a"] * 1990)  # 3,979 bytes: fits PATH_MAX, almost MAX_DEPTH levels
 
 
@@ -261,6 +273,8 @@ CASES: dict[str, tuple[str, object]] = {
     "sparse 1.0 garbage": ("error", lambda: tar(sparse10("s", 100, b"1\nzz\n4\n"))),
     "sparse 1.0 endless number": ("error", lambda: tar(sparse10("s", 100, b"1" * 100_000))),
     "sparse 1.0 good": ("ok", lambda: tar(sparse10("s", 3 << 30, b"1\n1024\n4\n", pad(b"DATA")))),
+    "old GNU sparse: 5,000 extension blocks": ("error", lambda: tar(old_gnu_sparse("s", 1 << 20, 5000))),
+    "old GNU sparse: 3 extension blocks": ("ok", lambda: tar(old_gnu_sparse("s", 1 << 20, 3))),
     "old GNU sparse bad extension": ("any", lambda: tar(header("s", type=b"S", size=512,
                                                                extra=b"\0" * 137 + b"\x01"),
                                                         b"\xff" * 512, b"x" * 512)),

@@ -97,6 +97,32 @@ class HardTarInfo(tarfile.TarInfo):
             raise tarfile.TruncatedHeaderError(f"truncated {kind}")
         return buf[:self.size]
 
+    def _proc_sparse(self, tar):
+        """Old GNU sparse ('S'): the map goes on in extension blocks, at most 1 MiB of them."""
+        structs, extended, realsize = self._sparse_structs
+        del self._sparse_structs
+        blocks = 0
+        while extended:
+            blocks += 1
+            if blocks * BLOCKSIZE > MAX_SPECIAL:
+                raise InvalidHeaderError("GNU sparse map too long")
+            buf = tar.fileobj.read(BLOCKSIZE)
+            if len(buf) < BLOCKSIZE:
+                raise tarfile.TruncatedHeaderError("truncated GNU sparse map")
+            for pos in range(0, 21 * 24, 24):
+                try:
+                    offset, numbytes = tarfile.nti(buf[pos:pos + 12]), tarfile.nti(buf[pos + 12:pos + 24])
+                except InvalidHeaderError:
+                    break
+                if offset and numbytes:
+                    structs.append((offset, numbytes))
+            extended = bool(buf[504])
+        self.sparse = structs
+        self.offset_data = tar.fileobj.tell()
+        tar.offset = self.offset_data + self._block(self.size)
+        self.size = realsize
+        return self
+
     def _proc_gnulong(self, tar):
         buf = self._read_special(tar, "GNU long name")
         following = self._next_header(tar)
