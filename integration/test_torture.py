@@ -65,6 +65,7 @@ class Torture:
         self.problems: list[str] = []
         self.reference: str | None = None
         self.durations: dict[str, float] = {}
+        self.by_op: dict[str, dict[str, int]] = {}
 
     def run(self, *args, check=True):
         return self.cli("--store", self.store, *args, check=check, timeout=300)
@@ -172,6 +173,8 @@ class Torture:
             killed = self.kill_at(["create", self.uri, image_id], delay,
                                   target="keeper" if op == "keeper-mid-create" else "command")
         self.counts["killed" if killed else "finished_before_kill"] += 1
+        self.by_op.setdefault(op, {"killed": 0, "finished_before_kill": 0})[
+            "killed" if killed else "finished_before_kill"] += 1
         if op == "init-store":  # the next command: init-store again (create would do it too)
             r = self.run("init-store", check=False)
             if r.returncode != 0:
@@ -217,7 +220,7 @@ def test_kill_9_anywhere_leaves_no_ghost_no_wrong_rootfs_no_unusable_store(cli, 
     for _ in range(ITERATIONS):
         t.iteration(rng)
     t.clean_and_check_tmp()
-    report = {"seed": SEED, **t.counts, "durations": {k: round(v, 3) for k, v in t.durations.items()},
+    report = {"seed": SEED, **t.counts, "by_operation": t.by_op, "durations": {k: round(v, 3) for k, v in t.durations.items()},
               "problems": t.problems[:50]}
     if os.environ.get("RG_TORTURE_REPORT"):
         with open(os.environ["RG_TORTURE_REPORT"], "w") as f:
