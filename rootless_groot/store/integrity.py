@@ -33,6 +33,8 @@ def _escape(rel: str) -> str:
 
 
 def _unescape(text: str) -> str:
+    if "\\" not in text:
+        return text
     out, i = [], 0
     while i < len(text):
         c = text[i]
