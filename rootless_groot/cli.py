@@ -183,6 +183,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def exit_now(code: int) -> None:
+    """Exit without the interpreter's teardown: freeing every module and object costs ~1.5 ms,
+    a tenth of a warm command. What the teardown would still do for us is flush the standard
+    streams (no threads, ``atexit`` handlers or unclosed files here; workers ``_exit`` too)."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        code = code or 120  # what Python's own exit reports when flushing fails
+    os._exit(code)
+
+
 def _fail(message: str, code: int) -> int:
     """The error as one line on stdout (Garden's contract); also on stderr when that is a terminal
     that does not show stdout already (``create ... > spec.json`` still shows it)."""
