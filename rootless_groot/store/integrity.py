@@ -113,7 +113,8 @@ def write_records(ctx: StoreContext, layer_dir: str) -> None:
     """Record the freshly unpacked layer in ``layer_dir`` (before it is installed)."""
     manifest, dirs = walk_records(os.path.join(layer_dir, "diff"), host_ids(ctx))
     for name, lines in ((MANIFEST, manifest), (DIRS, dirs)):
-        with open(os.path.join(layer_dir, name), "w") as f:
+        # names are bytes on disk: a non-UTF-8 one round-trips through surrogateescape
+        with open(os.path.join(layer_dir, name), "w", errors="surrogateescape") as f:
             f.write("\n".join(lines) + "\n")
 
 
@@ -122,28 +123,36 @@ def quick_check(ctx: StoreContext, chain_id: str, name: str) -> None:
     (something was removed, added or renamed in it). Layers without a record pass."""
     layer_dir = ctx.store.layer_dir(chain_id)
     try:
-        with open(os.path.join(layer_dir, DIRS)) as f:
+        with open(os.path.join(layer_dir, DIRS), errors="surrogateescape") as f:
             lines = f.read().splitlines()
     except FileNotFoundError:
         if os.path.isdir(layer_dir):
             return  # unpacked before records existed: only `check` can say
         raise damaged(name, chain_id, "it is missing") from None
-    diff = os.path.join(layer_dir, "diff")
-    for line in lines:
-        ctime, _, rel = line.partition(" ")
-        path = diff if rel == "." else os.path.join(diff, _unescape(rel))
-        try:
-            now = os.lstat(path).st_ctime_ns
-        except PermissionError:
-            if ctx.in_namespace or not ctx.meta.rootless:
-                raise
-            ctx.enter()  # a directory only the namespace's root may search
-            quick_check(ctx, chain_id, name)
-            return
-        except OSError:
-            raise damaged(name, chain_id, f"/{_unescape(rel)} is missing") from None
-        if str(now) != ctime:
-            raise damaged(name, chain_id, f"/{'' if rel == '.' else _unescape(rel)} changed")
+    # Relative to an fd of diff/: the kernel walks only the path inside the layer (the
+    # debian bench image has ~1,000 directories: 2.0 -> 1.3 ms per create).
+    try:
+        diff = os.open(os.path.join(layer_dir, "diff"), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        raise damaged(name, chain_id, "/ is missing") from None
+    lstat = os.lstat
+    try:
+        for line in lines:
+            ctime, _, rel = line.partition(" ")
+            try:
+                now = lstat(_unescape(rel), dir_fd=diff).st_ctime_ns
+            except PermissionError:
+                if ctx.in_namespace or not ctx.meta.rootless:
+                    raise
+                ctx.enter()  # a directory only the namespace's root may search
+                quick_check(ctx, chain_id, name)
+                return
+            except OSError:
+                raise damaged(name, chain_id, f"/{_unescape(rel)} is missing") from None
+            if str(now) != ctime:
+                raise damaged(name, chain_id, f"/{'' if rel == '.' else _unescape(rel)} changed")
+    finally:
+        os.close(diff)
 
 
 def damaged(name: str, chain_id: str, what: str) -> LayerError:
@@ -155,7 +164,7 @@ def full_check(ctx: StoreContext, chain_id: str) -> list[str]:
     """Differences between the cached layer and its manifest, as short texts (empty: intact)."""
     layer_dir = ctx.store.layer_dir(chain_id)
     try:
-        with open(os.path.join(layer_dir, MANIFEST)) as f:
+        with open(os.path.join(layer_dir, MANIFEST), errors="surrogateescape") as f:
             recorded = f.read().splitlines()
     except FileNotFoundError:
         return ["no record of it was made when it was unpacked"]
