@@ -82,6 +82,8 @@ COMMANDS = {c.name: c for c in [
     Command("check", "verify every cached layer against its unpack-time record, and every image", [
         Opt("--repair", "true", help="remove what is damaged, fetch layers again, finish half-made images, remount"),
     ]),
+    Command("generate-volume-size-metadata", "GrootFS's upgrade step; nothing to do: layer sizes are recorded "
+            "when a layer is unpacked"),
     Command("enter", "run a command inside the store's user and mount namespace (default: $SHELL)", rest="cmd"),
     Command("run", "create (or reuse, with --name) an image and run a container from it with runc; "
             "the container shares the host's network", [
@@ -262,7 +264,9 @@ def _open_or_init(cfg):
         if cfg.from_config_file or os.path.lexists(cfg.store):
             from .hints import store_problem
 
-            raise StoreError(store_problem(cfg.store) or "Store path is not initialized. Please run init-store.")
+            usable = os.path.isdir(cfg.store) and os.access(cfg.store, os.W_OK | os.X_OK)
+            raise StoreError((not usable and store_problem(cfg.store))
+                             or "Store path is not initialized. Please run init-store.")
         from .mappings import default_mappings
         from .store.context import init_store
 
@@ -559,6 +563,7 @@ HANDLERS = {
     "clean": cmd_clean,
     "capacity": cmd_capacity,
     "check": cmd_check,
+    "generate-volume-size-metadata": lambda args, cfg: 0,
     "enter": cmd_enter,
     "pull": cmd_pull,
     "run": cmd_run,

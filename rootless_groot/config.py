@@ -144,7 +144,8 @@ def build(config_file: str | None, overrides: dict[str, Any]) -> Config:
     """Defaults < YAML file < flags. ``overrides`` holds only flags the user actually gave."""
     values: dict[str, Any] = {}
     if config_file:
-        values.update({k: v for k, v in load_yaml(config_file).items() if v is not None})
+        # an empty string is "not set" (GrootFS writes every key, `newuidmap_bin: ""` included)
+        values.update({k: v for k, v in load_yaml(config_file).items() if v is not None and v != ""})
         values["from_config_file"] = True
     for key, value in overrides.items():
         if value is None:

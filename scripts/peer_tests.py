@@ -81,6 +81,26 @@ def _kill_keepers(under: str) -> int:
     return killed
 
 
+# Why a spec cannot pass on this kind of machine, whoever runs it (from its failure message).
+CANNOT_PASS = (
+    ("needs Docker Hub", ("docker.io", "answered HTTP 502", "HTTP 502")),
+    ("needs sudo", ('"sudo"',)),
+    ("needs a Go toolchain", ('"go": executable file not found',)),
+)
+# Specs that look into GrootFS's private store layout.
+PRIVATE_LAYOUT = ("/volumes", "meta/dependencies", "meta/volume-")
+
+
+def _why(spec: dict) -> str | None:
+    message = ((spec.get("Failure") or {}).get("Message") or "")
+    for reason, needles in CANNOT_PASS:
+        if any(n in message for n in needles):
+            return reason
+    if any(n in message for n in PRIVATE_LAYOUT):
+        return "reads GrootFS's private layout"
+    return None
+
+
 def _spec_rows(report_path: str) -> list[tuple[str, str, str]]:
     """(spec file, full spec text, state) for every It in a Ginkgo JSON report."""
     with open(report_path) as f:
@@ -92,7 +112,10 @@ def _spec_rows(report_path: str) -> list[tuple[str, str, str]]:
                 continue
             name = " ".join((spec.get("ContainerHierarchyTexts") or []) + [spec.get("LeafNodeText", "")])
             where = os.path.basename(spec["LeafNodeLocation"]["FileName"])
-            rows.append((where, name, spec["State"]))
+            state = spec["State"]
+            if state != "passed":
+                state = f"failed: {_why(spec)}" if _why(spec) else "failed"
+            rows.append((where, name, state))
     return rows
 
 
@@ -106,6 +129,9 @@ def summarize(report_path: str, mode: str) -> tuple[int, int]:
         c = per_file[where]
         print(f"  {where:<32} {c['passed']:>3} / {c['passed'] + c['failed']}")
     passed = sum(c["passed"] for c in per_file.values())
+    reasons = Counter(state[8:] for _, _, state in rows if state.startswith("failed: "))
+    for reason, n in sorted(reasons.items()):
+        print(f"  failed, {reason}: {n}")
     if os.environ.get("PEER_TESTS_LIST_FAILED"):
         for where, name, state in sorted(rows):
             if state != "passed":
@@ -160,7 +186,30 @@ def run_mode(mode: str, uid: int, gid: int, opts, binary: str, workdir: str) -> 
     return summarize(report, mode)
 
 
+def compare(a_path: str, b_path: str) -> None:
+    """Two reports side by side (e.g. GrootFS's and ours): counts per file, and the specs whose
+    outcome differs."""
+    a = {(w, n): s for w, n, s in _spec_rows(a_path)}
+    b = {(w, n): s for w, n, s in _spec_rows(b_path)}
+    files = sorted({w for w, _ in a} | {w for w, _ in b})
+    print(f"  {'spec file':<32} {'A':>7} {'B':>7}")
+    for f in files:
+        ca = sum(1 for (w, _), s in a.items() if w == f and s == "passed")
+        cb = sum(1 for (w, _), s in b.items() if w == f and s == "passed")
+        total = sum(1 for (w, _) in a if w == f)
+        print(f"  {f:<32} {ca:>3}/{total:<3} {cb:>3}/{total:<3}")
+    print(f"  {'TOTAL':<32} {sum(s == 'passed' for s in a.values()):>3}/{len(a):<3} "
+          f"{sum(s == 'passed' for s in b.values()):>3}/{len(b):<3}")
+    for key in sorted(set(a) | set(b)):
+        sa, sb = a.get(key, "-"), b.get(key, "-")
+        if (sa == "passed") != (sb == "passed"):
+            print(f"    A {sa[:40]:<40} B {sb[:40]:<40} {key[0]}: {key[1]}")
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["--compare"]:
+        compare(sys.argv[2], sys.argv[3])
+        return 0
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--suite", default=os.environ.get("GROOTFS_SUITE"))
     p.add_argument("--suite-dir", default=os.environ.get("GROOTFS_SUITE_DIR"))

@@ -105,6 +105,10 @@ class Store:
             with open(self.meta_path) as f:
                 data = loads(f.read())
         except (FileNotFoundError, NotADirectoryError, PermissionError) as e:
+            if isinstance(e, FileNotFoundError):
+                from .. import log
+
+                log.error("no-store", error=f"no store found at {self.root}")  # GrootFS's words, in the log
             from ..hints import store_problem
 
             problem = store_problem(self.root)

@@ -36,9 +36,14 @@ def delete_store(config: Config, force: bool) -> None:
             if not force:
                 raise
     elif not _looks_like_store(store):
-        if os.path.lexists(store.root):  # GrootFS: exit 1, and keep a directory that is not a store
-            raise StoreError(f"{store.root} is not a store: not deleting it")
-        return
+        try:
+            os.lstat(store.root)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise StoreError(f"cannot delete store {store.root}: {e.strerror}") from None
+        # GrootFS: exit 1, and keep a directory that is not a store
+        raise StoreError(f"{store.root} is not a store: not deleting it")
     if meta is not None:
         ctx = context.StoreContext.open(config)
         ctx.enter()
