@@ -108,3 +108,11 @@ def test_known_keys_still_type_checked_and_sections_must_be_mappings(tmp_path):
     with pytest.raises(UsageError, match="`create` must be a mapping"):
         config.build(write(tmp_path, "create: 5\n"), {})
     assert config.build(None, {}).from_config_file is False
+
+
+def test_empty_strings_are_unset(tmp_path):
+    """GrootFS's own tooling writes every key, unset ones as "" (yaml.Marshal of its struct)."""
+    cfg = config.build(write(tmp_path, 'store: ""\nnewuidmap_bin: ""\nnewgidmap_bin: ""\nlog_file: ""\n'
+                                       'create:\n  clean_log_file: ""\n'), {})
+    assert (cfg.newuidmap_bin, cfg.newgidmap_bin, cfg.log_file, cfg.clean_log_file) == ("newuidmap", "newgidmap", None, "")
+    assert cfg.store == config.default_store()
