@@ -148,9 +148,9 @@ def quick_check(ctx: StoreContext, chain_id: str, name: str) -> None:
                 quick_check(ctx, chain_id, name)
                 return
             except OSError:
-                raise damaged(name, chain_id, f"/{_unescape(rel)} is missing") from None
+                raise damaged(name, chain_id, f"/{_shown(rel)} is missing") from None
             if str(now) != ctime:
-                raise damaged(name, chain_id, f"/{'' if rel == '.' else _unescape(rel)} changed")
+                raise damaged(name, chain_id, f"/{'' if rel == '.' else _shown(rel)} changed")
     finally:
         os.close(diff)
 
@@ -179,12 +179,17 @@ def full_check(ctx: StoreContext, chain_id: str) -> list[str]:
     problems = []
     for path in sorted(set(before) | set(after)):
         if path not in after:
-            problems.append(f"/{_unescape(path)} missing")
+            problems.append(f"/{_shown(path)} missing")
         elif path not in before:
-            problems.append(f"/{_unescape(path)} added")
+            problems.append(f"/{_shown(path)} added")
         elif before[path] != after[path]:
-            problems.append(f"/{_unescape(path)} changed")
+            problems.append(f"/{_shown(path)} changed")
     return problems
+
+
+def _shown(rel: str) -> str:
+    """A recorded path for a message: printable whatever bytes the name has."""
+    return os.fsencode(_unescape(rel)).decode("utf-8", "backslashreplace")
 
 
 def _path_of(line: str) -> str:
