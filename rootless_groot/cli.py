@@ -166,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         with log.Step(_STEPS.get(args.command, args.command), "info", **({"id": image_id} if image_id else {})):
             return HANDLERS[args.command](args, cfg) or 0
     except GrootError as e:
-        log.error("command-failed", error=str(e))
-        return _fail(str(e), e.exit_code)
+        log.error("command-failed", error=str(e), **({"hint": e.hint} if e.hint else {}))
+        return _fail(str(e), e.exit_code, e.hint)
     except KeyboardInterrupt as e:
         if isinstance(e, Terminated):
             return _fail("terminated", 143)
@@ -197,9 +197,10 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
-def _fail(message: str, code: int) -> int:
+def _fail(message: str, code: int, hint: str | None = None) -> int:
     """The error as one line on stdout (Garden's contract); also on stderr when that is a terminal
-    that does not show stdout already (``create ... > spec.json`` still shows it)."""
+    that does not show stdout already (``create ... > spec.json`` still shows it). A hint (advice
+    beyond GrootFS's exact sentence) goes to a terminal's stderr only."""
     line = message.replace("\n", " ")
     print(line, flush=True)
     try:
@@ -207,6 +208,8 @@ def _fail(message: str, code: int) -> int:
             out, err = os.fstat(1), os.fstat(2)
             if (out.st_dev, out.st_ino, out.st_rdev) != (err.st_dev, err.st_ino, err.st_rdev):
                 sys.stderr.write(f"rootless-groot: error: {line}\n")
+            if hint:
+                sys.stderr.write(f"rootless-groot: hint: {hint}\n")
     except OSError:
         pass
     return code

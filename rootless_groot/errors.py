@@ -3,9 +3,17 @@ from __future__ import annotations
 
 
 class GrootError(Exception):
-    """A failure the user can act on: its message is printed as one line, exit code 1."""
+    """A failure the user can act on: its message is printed as one line, exit code 1.
+
+    ``hint`` is for messages that must stay GrootFS's exact sentence (Garden and GrootFS's suite
+    read stdout): the longer advice goes to the log and, on a terminal, to stderr.
+    """
 
     exit_code = 1
+
+    def __init__(self, *args: object, hint: str | None = None) -> None:
+        super().__init__(*args)
+        self.hint = hint
 
 
 class UsageError(GrootError):

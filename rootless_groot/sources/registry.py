@@ -384,8 +384,6 @@ class RegistrySource:
             return ep
         try:
             resp = self.transport.request("GET", f"{ep.base}/v2/", {}, what="ping", retry=False)
-            resp.close()
-            return ep
         except RegistryUnreachable as e:
             if "connection refused" in str(e) or "unknown host" in str(e):
                 raise
@@ -397,6 +395,13 @@ class RegistrySource:
             self._attach_auth(ep)
             log.info("registry.plain-http", registry=ep.host)
             return ep
+        if resp.status_code == 401 and ep.auth.credentials():
+            # Authenticate on the ping's challenge (for this repository's pull scope), as docker
+            # and podman do: it saves the manifest's 401, and some registries (GrootFS's suite
+            # fakes one) challenge only there.
+            ep.auth.on_unauthorized(resp, False, 0)
+        resp.close()
+        return ep
 
     def open_blob(self, layer: LayerDescriptor) -> io.RawIOBase:
         if self.endpoint is None:  # resolved from the cache, yet a layer is needed after all

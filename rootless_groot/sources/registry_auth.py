@@ -354,7 +354,8 @@ class Authenticator:
         if resp.status_code in (401, 403):
             resp.close()
             if creds:
-                raise AuthError(f"wrong credentials for registry {self.registry}: the token server {realm_host} refused them")
+                raise AuthError("unable to retrieve auth token: invalid username/password: wrong credentials "
+                                f"for registry {self.registry} (the token server {realm_host} refused them)")
             raise AuthError(f"registry {self.registry} requires authentication: use --username/--password, "
                             "or log in with `podman login`/`docker login`")
         if resp.status_code != 200:

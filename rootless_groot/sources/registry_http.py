@@ -36,6 +36,10 @@ RETRY_STATUS = {429, 500, 502, 503, 504}
 BACKOFF = 0.25  # seconds before the first retry; doubles each time
 
 
+INSECURE_REGISTRY = ("This registry is insecure. To pull images from this registry, "
+                     "please use the --insecure-registry option.")
+
+
 class RegistryUnreachable(ImageError):
     """The registry could not be reached (connection refused, DNS, TLS, timeouts)."""
 
@@ -213,7 +217,8 @@ class Transport:
             text = str(e)
             if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
                 raise RegistryUnreachable(
-                    f"registry {host}: TLS certificate not trusted ({_ssl_reason(text)}): add its CA with "
+                    INSECURE_REGISTRY,  # GrootFS's sentence, which Garden's operators know
+                    hint=f"registry {host}: TLS certificate not trusted ({_ssl_reason(text)}): add its CA with "
                     f"--registry-ca FILE or /etc/containers/certs.d/{host}/ca.crt, or use --insecure-registry {host}"
                 ) from None
             if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
