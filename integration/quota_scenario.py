@@ -179,7 +179,7 @@ def ask(image):
 def fresh(image):
     d = f"{store}/images/{image}"
     os.mkdir(d)
-    for sub in ("diff", "work", "rootfs"):
+    for sub in ("diff", "workdir", "rootfs"):
         os.mkdir(f"{d}/{sub}")
     return image
 
@@ -211,7 +211,7 @@ def per_user_caps(a, user: User, store: str) -> dict:
     other_uid = 61003
     store2 = os.path.join(os.path.dirname(store), "other-store")
     for d in (store2, f"{store2}/images", f"{store2}/images/x", f"{store2}/images/x/diff",
-              f"{store2}/images/x/work", f"{store2}/images/x/rootfs"):
+              f"{store2}/images/x/workdir", f"{store2}/images/x/rootfs"):
         os.mkdir(d)
         os.chown(d, other_uid, other_uid)
     register("other-store", store2, other_uid)
@@ -310,7 +310,7 @@ def ask(image, op="set", extra=None):
 def fresh(image):
     d = f"{images}/{image}"
     os.mkdir(d)
-    for sub in ("diff", "work", "rootfs"):
+    for sub in ("diff", "workdir", "rootfs"):
         os.mkdir(f"{d}/{sub}")
     with open(f"{d}/image.json", "w") as f:
         f.write("{}")
@@ -403,7 +403,7 @@ def abuse(a, user: User, store: str) -> dict:
     os.mkdir(f"{images}/other")
     os.chown(f"{images}/other", 61002, 61002)
     hl = f"{images}/hl"
-    for d in (hl, f"{hl}/diff", f"{hl}/work", f"{hl}/rootfs"):
+    for d in (hl, f"{hl}/diff", f"{hl}/workdir", f"{hl}/rootfs"):
         os.mkdir(d)
         os.chown(d, a.uid, a.gid)
     os.link(f"{victim}/file", f"{hl}/diff/file")

@@ -126,7 +126,7 @@ def test_without_mount_returns_overlay_for_the_runtime(cli, store_dir, store_run
     assert mount["destination"] == "/" and mount["type"] == "overlay" and mount["source"] == "overlay"
     (options,) = mount["options"]
     assert options.startswith(f"lowerdir={store_dir}/l/")
-    assert f"upperdir={store_dir}/images/c2/diff" in options and f"workdir={store_dir}/images/c2/work" in options
+    assert f"upperdir={store_dir}/images/c2/diff" in options and f"workdir={store_dir}/images/c2/workdir" in options
     rootfs = os.path.join(store_dir, "images", "c2", "rootfs")
     assert spec["root"]["path"] == rootfs
     assert not os.listdir(rootfs)  # nothing mounted by us

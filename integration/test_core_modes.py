@@ -98,7 +98,7 @@ def test_as_root_with_mappings_translates_owners(root_store, tmp_path):
     spec = json.loads(root_cli("--store", root_store, "create", lay.uri("r"), "r1").stdout)
     st = os.stat(os.path.join(spec["root"]["path"], "srv", "www"))
     assert (st.st_uid, st.st_gid) == (300033, 300033)
-    for sub in ("", "diff", "work", "rootfs"):  # the container's root owns its image (GrootFS)
+    for sub in ("", "diff", "workdir", "rootfs"):  # the container's root owns its image (GrootFS)
         st = os.lstat(os.path.join(root_store, "images", "r1", sub, ""))
         assert (st.st_uid, st.st_gid) == (300000, 300000), sub
 

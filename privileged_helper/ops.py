@@ -18,8 +18,8 @@ from .protocol import HelperError
 from .state import Registration, Roots, State, load_config, load_registration, save_registration
 
 # What an image dir may hold when it gets its limit (created by rootless-groot a moment ago).
-IMAGE_ENTRIES = {"diff", "work", "rootfs", "image.json", "image.json.pending"}
-BTRFS_VOLUME = "vol"  # btrfs: diff/ and work/ live in this subvolume (rename must not cross subvolumes)
+IMAGE_ENTRIES = {"diff", "workdir", "rootfs", "image.json", "image.json.pending"}
+BTRFS_VOLUME = "vol"  # btrfs: diff/ and workdir/ live in this subvolume (rename must not cross subvolumes)
 
 
 def handle(req: dict[str, Any], ruid: int, rgid: int, roots: Roots | None = None) -> dict[str, Any]:
@@ -64,7 +64,7 @@ def _check_fresh(image_fd: int, uid: int, allowed: set[str]) -> None:
     for name in names:
         if name in ("image.json", "image.json.pending"):
             check_plain_file(image_fd, name, uid)
-        elif name in ("diff", "work", "rootfs"):
+        elif name in ("diff", "workdir", "rootfs"):
             fd, _ = open_child_dir(image_fd, name, uid)
             try:
                 if entries(fd):
@@ -162,9 +162,9 @@ def _collect_stale_of_user(state: State, uid: int, roots: Roots) -> None:
 
 
 def _tag(image_fd: int, projid: int, uid: int) -> None:
-    """Project ID + PROJINHERIT on the image dir and its (empty) diff/, work/, rootfs/."""
+    """Project ID + PROJINHERIT on the image dir and its (empty) diff/, workdir/, rootfs/."""
     xfs.set_projid(image_fd, projid)
-    for name in ("diff", "work", "rootfs"):
+    for name in ("diff", "workdir", "rootfs"):
         try:
             fd, _ = open_child_dir(image_fd, name, uid)
         except HelperError:

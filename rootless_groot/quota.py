@@ -194,17 +194,17 @@ def apply_limit(ctx: StoreContext, info: ImageInfo) -> None:
 
 
 def make_btrfs_volume(image_dir: str) -> None:
-    """btrfs: move the (empty) diff/ and work/ into a subvolume ``vol`` the limit applies to.
+    """btrfs: move the (empty) diff/ and workdir/ into a subvolume ``vol`` the limit applies to.
 
-    They must share one subvolume (overlay renames from work/ to diff/; btrfs refuses
-    renames across subvolumes); ``diff`` and ``work`` become relative symlinks into it.
+    They must share one subvolume (overlay renames from workdir/ to diff/; btrfs refuses
+    renames across subvolumes); ``diff`` and ``workdir`` become relative symlinks into it.
     """
     from privileged_helper.btrfs import subvol_create
 
     fd = os.open(image_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         subvol_create(fd, "vol")
-        for sub in ("diff", "work"):
+        for sub in ("diff", "workdir"):
             os.mkdir(f"vol/{sub}", 0o755, dir_fd=fd)
             os.rmdir(sub, dir_fd=fd)
             os.symlink(f"vol/{sub}", sub, dir_fd=fd)

@@ -36,7 +36,7 @@ def store(tmp_path):
 def make_image(root, name="img"):
     d = root / "images" / name
     d.mkdir()
-    for sub in ("diff", "work", "rootfs"):
+    for sub in ("diff", "workdir", "rootfs"):
         (d / sub).mkdir()
         own(d / sub)
     (d / "image.json").write_text("{}")

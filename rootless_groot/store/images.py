@@ -27,7 +27,14 @@ if TYPE_CHECKING:
 
 IMAGE_META = "image.json"
 PENDING_META = "image.json.pending"  # the record of a half-made image: not a marker
-IMAGE_SUBDIRS = ("diff", "work", "rootfs")  # upperdir, workdir, mountpoint
+IMAGE_SUBDIRS = ("diff", "workdir", "rootfs")  # upperdir, workdir (GrootFS's name), mountpoint
+LEGACY_WORKDIR = "work"  # images made before the workdir took GrootFS's name
+
+
+def overlay_workdir(image_dir: str) -> str:
+    """The image's overlay work directory (``work/`` in images made by older versions)."""
+    legacy = os.path.join(image_dir, LEGACY_WORKDIR)
+    return legacy if os.path.isdir(legacy) else os.path.join(image_dir, "workdir")
 
 
 class ImageInfo(Record):
@@ -175,7 +182,7 @@ def mount_image(ctx: StoreContext, info: ImageInfo) -> None:
     mount_overlay(
         full,
         os.path.join(image_dir, "diff"),
-        os.path.join(image_dir, "work"),
+        overlay_workdir(image_dir),
         os.path.join(image_dir, "rootfs"),
         userxattr=True,
         short_lowerdirs=(ctx.store.links, short),
@@ -298,7 +305,7 @@ def runtime_spec(ctx: StoreContext, info: ImageInfo) -> dict:
         from ..mount import overlay_options
 
         lowers = [ctx.store.short_link(c) for c in reversed(info.layers)]
-        opts = overlay_options(lowers, os.path.join(image_dir, "diff"), os.path.join(image_dir, "work"), userxattr=True)
+        opts = overlay_options(lowers, os.path.join(image_dir, "diff"), overlay_workdir(image_dir), userxattr=True)
         spec["mounts"] = [{"destination": "/", "type": "overlay", "source": "overlay", "options": [opts]}]
     return spec
 

@@ -5,7 +5,7 @@ Layout::
     store.json              format version, owner, id mappings, mode (namespace or host)
     layers/<chainid>/diff   an unpacked layer (a lowerdir); layers/<chainid>/layer.json its size, diffID
     l/<short>               short symlink to layers/<chainid>/diff, for page-sized mount options
-    images/<id>/            diff/ (upperdir), work/, rootfs/ (mountpoint), image.json
+    images/<id>/            diff/ (upperdir), workdir/, rootfs/ (mountpoint), image.json
     tmp/                    work in progress; only ``rename`` moves things out of it
     locks/                  flock files
     run/                    the keeper's pid (rootless stores)
