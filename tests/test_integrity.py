@@ -59,3 +59,32 @@ def test_added_file_and_missing_records(layer):
     integrity.quick_check(ctx, "c1", "layer sha256:x")  # a layer cached before records: passes
     with pytest.raises(LayerError, match="it is missing"):
         integrity.quick_check(ctx, "gone", "layer sha256:y")
+
+
+def test_content_change_with_size_mode_and_mtime_kept_is_found(layer):
+    ctx, diff = layer
+    motd = os.path.join(diff, "etc", "motd")
+    st = os.stat(motd)
+    with open(motd, "r+") as f:
+        f.write("jello")
+    os.utime(motd, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert integrity.full_check(ctx, "c1") == ["/etc/motd changed"]
+
+
+def test_records_with_sha256_sums_of_earlier_versions_are_still_checked(layer):
+    ctx, diff = layer
+    manifest, _ = integrity.walk_records(diff, integrity.host_ids(ctx), integrity._file_sha256)
+    assert all(" crc32:" not in line for line in manifest)
+    with open(os.path.join(ctx.store.layer_dir("c1"), integrity.MANIFEST), "w", errors="surrogateescape") as f:
+        f.write("\n".join(manifest) + "\n")
+    assert integrity.full_check(ctx, "c1") == []
+    with open(os.path.join(diff, "etc", "motd"), "r+") as f:
+        f.write("jello")
+    assert integrity.full_check(ctx, "c1") == ["/etc/motd changed"]
+
+
+def test_new_records_use_crc32(layer):
+    ctx, _ = layer
+    with open(os.path.join(ctx.store.layer_dir("c1"), integrity.MANIFEST)) as f:
+        files = [line for line in f.read().splitlines() if line.startswith("f ")]
+    assert files and all(line.split(" ")[5].startswith("crc32:") for line in files)
