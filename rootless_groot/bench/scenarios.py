@@ -328,20 +328,25 @@ def peak_rss(argv: list[str], env: dict, timeout=900) -> tuple[float, dict]:
     return max(doc["polled_kib"], doc["rusage_children_kib"]) / 1024, doc
 
 
+def rg_cold_create_memory(b, rg, key: str, *flags: str) -> float:
+    """Peak RSS (MiB) of the largest process of one cold create into ``rg``'s fresh store; the
+    processes' summed RSS and PSS and the top processes are recorded under ``key``."""
+    try:
+        mib, doc = peak_rss(rg.create_argv("debian", "mem", *flags), b.env)
+        b.info.setdefault(f"{key}.top", []).append(doc["top"])
+        b.sample(f"{key}_sum", "MiB").values.append(doc["sum_kib"] / 1024)
+        b.sample(f"{key}_pss", "MiB").values.append(doc["pss_kib"] / 1024)
+        return mib
+    finally:
+        rg.destroy()
+
+
 def memory(b: Bench) -> None:
     """Peak RSS of any process of a cold create (and of a podman pull, for comparison)."""
     reps = b.reps.memory
 
     def rg():
-        rg = RG(b, b.fresh("store-mem"))
-        try:
-            mib, doc = peak_rss(rg.create_argv("debian", "mem"), b.env)
-            b.info.setdefault("memory.rg.top", []).append(doc["top"])
-            b.sample("memory.rg_sum", "MiB").values.append(doc["sum_kib"] / 1024)
-            b.sample("memory.rg_pss", "MiB").values.append(doc["pss_kib"] / 1024)
-            return mib
-        finally:
-            rg.destroy()
+        return rg_cold_create_memory(b, RG(b, b.fresh("store-mem")), "memory.rg")
 
     entries = {"memory.rg": (rg, None)}
     b.sample("memory.rg", "MiB")
@@ -561,15 +566,8 @@ def grootfs(b: Bench) -> None:
     mem_stores = iter(setup["stores"]["memory"])
 
     def rg_mem():
-        rg = RG(b, b.fresh_in(xfs, "store-mem"))
-        try:
-            mib, doc = peak_rss(rg.create_argv("debian", "mem", "--without-mount"), b.env)
-            b.info.setdefault("grootfs.memory.rg.top", []).append(doc["top"])
-            b.sample("grootfs.memory.rg_sum", "MiB").values.append(doc["sum_kib"] / 1024)
-            b.sample("grootfs.memory.rg_pss", "MiB").values.append(doc["pss_kib"] / 1024)
-            return mib
-        finally:
-            rg.destroy()
+        return rg_cold_create_memory(b, RG(b, b.fresh_in(xfs, "store-mem")), "grootfs.memory.rg",
+                                     "--without-mount")
 
     def gfs_mem():
         g = gfs.GrootFS(setup, next(mem_stores), b.env)
