@@ -88,14 +88,16 @@ def read_image(ctx: StoreContext, image_id: str, name: str = IMAGE_META) -> Imag
         raise GrootError(f"image metadata {path} is corrupt: `delete {image_id}` removes the image") from None
 
 
-def image_ids(ctx: StoreContext) -> list[str]:
-    """The real images (those with an ``image.json``), sorted."""
+def _image_dir_names(ctx: StoreContext) -> list[str]:
     try:
-        names = os.listdir(ctx.store.images)
+        return os.listdir(ctx.store.images)
     except FileNotFoundError:
         return []
-    images = ctx.store.images
-    return sorted(n for n in names if os.path.lexists(os.path.join(images, n, IMAGE_META)))
+
+
+def image_ids(ctx: StoreContext) -> list[str]:
+    """The real images (those with an ``image.json``), sorted."""
+    return sorted(n for n in _image_dir_names(ctx) if is_real(ctx, n))
 
 
 def is_real(ctx: StoreContext, image_id: str) -> bool:
@@ -160,11 +162,7 @@ def settle_image(ctx: StoreContext, image_id: str) -> str:
 
 
 def half_made_ids(ctx: StoreContext) -> list[str]:
-    try:
-        names = os.listdir(ctx.store.images)
-    except FileNotFoundError:
-        return []
-    return sorted(n for n in names if not is_real(ctx, n))
+    return sorted(n for n in _image_dir_names(ctx) if not is_real(ctx, n))
 
 
 def _lowerdirs(ctx: StoreContext, info: ImageInfo) -> tuple[list[str], list[str]]:
