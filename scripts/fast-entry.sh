@@ -1,8 +1,14 @@
 #!/bin/bash
-# Start the installed rootless-groot script with `python -IS` (isolated, no site): ~2 ms less
-# per command. pip writes `#!/path/to/python` and drops any interpreter flags of the source's
-# `#!python -IS` line; the script then still works (site runs), just slower. Idempotent.
+# Speed up an installed rootless-groot script (~2.5 ms less per command). Idempotent.
+# 1. Start it with `python -IS` (isolated, no site): pip writes `#!/path/to/python` and drops any
+#    interpreter flags of the source's `#!python -IS` line; the script still works without them
+#    (site runs), just slower.
+# 2. Write the package's import bundle with that python (rootless_groot/bundle.py): without it,
+#    modules are imported the normal way.
 set -euo pipefail
 for script in "$@"; do
     sed -i '1s|^\(#!/[^ ]*python[0-9.]*\)$|\1 -IS|' "$script"
+    python=$(sed -n '1s|^#!\([^ ]*\).*|\1|p' "$script")
+    "$python" -I -m rootless_groot.bundle >/dev/null ||
+        echo "fast-entry.sh: no import bundle written for $script (imports take the normal path)" >&2
 done

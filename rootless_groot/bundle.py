@@ -1,0 +1,78 @@
+"""Write ``rootless_groot/__pycache__/bundle.<tag>``: every module's compiled code behind one
+index, which the package's ``__init__`` imports from (see there for why and what is checked).
+
+Run by ``scripts/fast-entry.sh`` after an install, with the install's own python:
+``python -m rootless_groot.bundle``. Layout: a 4-byte little-endian length, the marshalled
+index ``{module: (source path, is_package, source mtime_ns, source size, offset, length)}``,
+then the marshalled code objects at those offsets.
+"""
+from __future__ import annotations
+
+import marshal
+import os
+import sys
+
+import rootless_groot
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(rootless_groot.__file__))
+
+
+def bundle_path(package_dir: str = PACKAGE_DIR) -> str:
+    return os.path.join(package_dir, "__pycache__", f"bundle.{sys.implementation.cache_tag}")
+
+
+def _modules(package_dir: str) -> list[tuple[str, str, bool]]:
+    """(module name, source path, is_package) of every module under the package but itself."""
+    top = os.path.basename(package_dir)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(package_dir):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        for filename in sorted(filenames):
+            if not filename.endswith(".py"):
+                continue
+            path = os.path.join(dirpath, filename)
+            parts = [top, *os.path.relpath(path, package_dir)[:-3].split(os.sep)]
+            is_package = parts[-1] == "__init__"
+            if is_package:
+                parts.pop()
+            if len(parts) > 1:  # the package's __init__ itself is imported before the bundle is read
+                found.append((".".join(parts), path, is_package))
+    return found
+
+
+def build(package_dir: str = PACKAGE_DIR) -> str:
+    """Write the bundle for the sources in ``package_dir`` atomically; return its path."""
+    entries = []
+    for name, path, is_package in _modules(package_dir):
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            code = compile(f.read(), path, "exec", dont_inherit=True)
+        entries.append((name, path, is_package, st.st_mtime_ns, st.st_size, marshal.dumps(code)))
+
+    def index_at(base: int) -> dict:
+        index, offset = {}, base
+        for name, path, is_package, mtime_ns, size, blob in entries:
+            index[name] = (path, is_package, mtime_ns, size, offset, len(blob))
+            offset += len(blob)
+        return index
+
+    base = 4  # the offsets in the index depend on the index's own size: settle both
+    for _ in range(8):
+        header = marshal.dumps(index_at(base))
+        if 4 + len(header) == base:
+            break
+        base = 4 + len(header)
+    else:
+        raise RuntimeError("bundle index size does not settle")
+    target = bundle_path(package_dir)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = f"{target}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(len(header).to_bytes(4, "little") + header + b"".join(e[5] for e in entries))
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, target)
+    return target
+
+
+if __name__ == "__main__":
+    print(build())
