@@ -8,6 +8,8 @@ then the marshalled code objects at those offsets.
 """
 from __future__ import annotations
 
+import __future__
+import ast
 import marshal
 import os
 import sys
@@ -40,13 +42,30 @@ def _modules(package_dir: str) -> list[tuple[str, str, bool]]:
     return found
 
 
+def _compile(source: bytes, path: str):
+    """The module's code, with ``from __future__ import annotations`` applied as a compiler
+    flag instead of executed: the statement also imports the ``__future__`` module at run time
+    (~0.1 ms of every command, the module being found and read from the standard library)."""
+    tree = ast.parse(source, path)
+    flags = 0
+    body = []
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module == "__future__":
+            for alias in node.names:
+                flags |= getattr(__future__, alias.name).compiler_flag
+            continue
+        body.append(node)
+    tree.body = body
+    return compile(tree, path, "exec", flags=flags, dont_inherit=True)
+
+
 def build(package_dir: str = PACKAGE_DIR) -> str:
     """Write the bundle for the sources in ``package_dir`` atomically; return its path."""
     entries = []
     for name, path, is_package in _modules(package_dir):
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
-            code = compile(f.read(), path, "exec", dont_inherit=True)
+            code = _compile(f.read(), path)
         entries.append((name, path, is_package, st.st_mtime_ns, st.st_size, marshal.dumps(code)))
 
     def index_at(base: int) -> dict:

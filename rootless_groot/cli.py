@@ -379,7 +379,7 @@ def cmd_delete(args, cfg) -> int:
 
 
 def cmd_stats(args, cfg) -> int:
-    from .store.images import image_stats
+    from .store.imageinfo import image_stats
     from .store.layout import Store
 
     if not Store(cfg.store).exists():  # GrootFS: an image of a missing store is a missing image
@@ -397,12 +397,12 @@ def cmd_stats(args, cfg) -> int:
 
 
 def cmd_list(args, cfg) -> int:
-    from .store.images import image_ids
+    from .store.imageinfo import image_ids
 
     ctx = _open(cfg)
     ids = image_ids(ctx)
     if args.json:
-        from .store.images import list_json
+        from .store.imageinfo import list_json
 
         _print_json({"images": list_json(ctx, ids)})
     elif not ids:

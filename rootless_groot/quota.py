@@ -20,7 +20,7 @@ import stat
 from . import log
 from .errors import QuotaError
 from .store.context import StoreContext
-from .store.images import ImageInfo
+from .store.imageinfo import ImageInfo
 
 MIN_LIMIT = 256 * 1024  # GrootFS raises smaller limits to this
 HELPER = "/usr/local/libexec/rootless-groot/rootless-groot-quota"

@@ -118,10 +118,10 @@ def test_a_removed_source_is_not_served_from_the_bundle(site):
 def test_tracebacks_name_the_source(site):
     _build(site)
     r = subprocess.run([sys.executable, "-I", "-S", "-c",
-                        "import sys; sys.path.insert(0, sys.argv[1]); from rootless_groot.store.images import "
+                        "import sys; sys.path.insert(0, sys.argv[1]); from rootless_groot.store.imageinfo import "
                         "check_id; check_id('../x')", str(site)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
-    assert f'File "{site}/rootless_groot/store/images.py", line' in r.stderr
+    assert f'File "{site}/rootless_groot/store/imageinfo.py", line' in r.stderr
     assert "def check_id" in r.stderr or "raise" in r.stderr  # the source line is shown
 
 
@@ -174,3 +174,13 @@ def test_a_bundle_replaced_after_start_is_not_read_at_the_old_offsets(site):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["1000"]
+
+
+def test_future_annotations_apply_without_importing_future(site):
+    _build(site)
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import rootless_groot.store.images as m; "
+            "print(m.read_image.__annotations__['ctx'], '__future__' in sys.modules, "
+            "type(m.__spec__.loader).__name__ if not isinstance(m.__spec__.loader, type) else m.__spec__.loader.__name__)")
+    r = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(site)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["StoreContext", "False", "BundleFinder"]  # the annotation stays a string
