@@ -87,15 +87,23 @@ def _use_bundle() -> None:
             return None
 
         @staticmethod
-        def exec_module(module):
-            spec = module.__spec__
-            code = read_code(*index[spec.name][4:6])
+        def get_code(name):
+            """The module's code object (``python -m`` asks the loader for it through runpy)."""
+            entry = index[name]
+            code = read_code(*entry[4:6])
             if code is None:
                 from _frozen_importlib_external import SourceFileLoader
 
-                SourceFileLoader(spec.name, spec.origin).exec_module(module)
-            else:
-                exec(marshal.loads(code), module.__dict__)
+                return SourceFileLoader(name, entry[0]).get_code(name)
+            return marshal.loads(code)
+
+        @staticmethod
+        def is_package(name):
+            return index[name][1]
+
+        @staticmethod
+        def exec_module(module):
+            exec(BundleFinder.get_code(module.__spec__.name), module.__dict__)
 
     sys.meta_path.insert(0, BundleFinder)
 

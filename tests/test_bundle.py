@@ -184,3 +184,19 @@ def test_future_annotations_apply_without_importing_future(site):
     r = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(site)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["StoreContext", "False", "BundleFinder"]  # the annotation stays a string
+
+
+def test_python_dash_m_runs_from_the_bundle(site):
+    """runpy asks the loader of ``rootless_groot.__main__`` for its code."""
+    _build(site)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    r = subprocess.run([sys.executable, "-m", "rootless_groot", "--version"], capture_output=True, text=True,
+                       timeout=60, env=env, cwd=site)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"rootless-groot {rootless_groot.__version__}\n"
+    r = subprocess.run([sys.executable, "-c", "import runpy, sys; sys.argv = ['x', '--version']; "
+                        "import rootless_groot.cli as c; print(c.__spec__.loader.__name__); "
+                        "runpy.run_module('rootless_groot', run_name='__main__')"],
+                       capture_output=True, text=True, timeout=60, env=env, cwd=site)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[0] == "BundleFinder"

@@ -134,7 +134,7 @@ def user_phase(args) -> int:
         b.podman_problem = podman_check(work, b.home)
         if b.podman_problem:
             log(f"podman cannot run here: {b.podman_problem}")
-        needs = {"grootfs": "debian", "cold": "debian", "memory": "debian", "syncfs": "debian", "warm": "debian", "parallel": "debian",
+        needs = {"grootfs": "debian", "profile": "debian", "cold": "debian", "memory": "debian", "syncfs": "debian", "warm": "debian", "parallel": "debian",
                  "scale": "debian", "layers": "layers128", "smallfiles": "smallfiles"}
         for name in names:
             if needs.get(name) and needs[name] not in imgs:

@@ -188,6 +188,9 @@ def render(b) -> str:
             else:
                 line = f"{'':2}{label:{width}} {'missing':>11} {'':>4}  {s.error or ''}"
             out.append(line)
+    if b.info.get("profile.table"):
+        out.append("\n## profile of warm commands: time per phase, measured inside (bench runner, python -IS)")
+        out.append(b.info["profile.table"])
     out.append("\n## targets (issue 5), medians of this run")
     out.append(f"{'':2}{'ratio':{width}} {'value':>8} {'target':>8}")
     out += _ratio_lines(b, _targets(b), width)

@@ -613,6 +613,43 @@ def grootfs(b: Bench) -> None:
         rg.destroy()  # GrootFS's stores go with the XFS file (root removes it)
 
 
+def profile(b: Bench) -> None:
+    """Where a warm command's time goes: phases timed from inside (bench/profile.py)."""
+    from .profile import Profiler
+
+    rg = _warm_store(b, "store-profile")
+    try:
+        for image_id in ("seed", "keep"):
+            rg.create("debian", image_id, "--without-mount")
+        out = b.fresh("profile")
+        out.mkdir()
+        p = Profiler(b.cli, rg.store, out, b.env)
+        ids = iter(range(10**6))
+
+        def create(name: str, *flags: str) -> None:
+            image_id = f"p{next(ids)}"
+            p.run(name, "create", ["create", "--insecure-registry", b.registry.host, *flags, b.ref("debian"),
+                                   image_id], after=lambda: run(rg.argv("delete", image_id), env=b.env))
+
+        def delete() -> None:
+            image_id = f"d{next(ids)}"
+            p.run("delete", "delete", ["delete", image_id],
+                  before=lambda: rg.create("debian", image_id, "--without-mount"))
+
+        for _ in range(b.reps.warm):
+            create("create_nomount", "--without-mount")
+            create("create_mount")
+            p.run("stats", "stats", ["stats", "keep"])
+            p.run("list", "list", ["list"])
+            delete()
+        b.info["profile.table"] = p.table([("create_nomount", "create"), ("create_mount", "mounted"),
+                                           ("stats", "stats"), ("list", "list"), ("delete", "delete")])
+    except StepFailed as e:
+        b.missing("profile.runs", str(e))
+    finally:
+        rg.destroy()
+
+
 SCENARIOS = {
     "startup": startup,
     "cold": cold,
@@ -624,4 +661,5 @@ SCENARIOS = {
     "layers": layers,
     "smallfiles": smallfiles,
     "grootfs": grootfs,
+    "profile": profile,
 }
