@@ -21,6 +21,7 @@ def test_installed_script_runs_from_the_bundle(as_user):
     script = os.path.join(os.path.dirname(TEST_PYTHON), "rootless-groot")
     with open(script) as f:
         assert f.readline().rstrip().endswith("python -IS")
+        assert "\nSITE_PACKAGES = '/" in f.read()  # written in by fast-entry.sh
     r = as_user([TEST_PYTHON, "-IS", "-X", "importtime", script, "--version"])
     assert r.stdout.startswith("rootless-groot ")
     imported = {line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}

@@ -290,6 +290,31 @@ def test_second_create_makes_no_blob_requests(cli, store_dir, env, proxy):
     assert len(os.listdir(os.path.join(store_dir, "refs"))) == 1
 
 
+def test_damaged_layer_of_a_retagged_image_fails_only_the_image_that_uses_it(cli, store_dir, env, user_tmp):
+    """A warm create checks the cached resolution's layers while the registry answers the HEAD;
+    the verdict counts only for the layers of the image the HEAD confirms."""
+    repo, flags = "test/retag-damaged", ("--insecure-registry", env.plain.host)
+    ref = f"{env.plain.host}/{repo}:latest"
+
+    def push_version(n: int, text: bytes) -> None:
+        layout = ob.write_layout(user_tmp / f"rd{n}", [ob.busybox_image([ob.Layer([ob.File("version", text)])])],
+                                 tag="t")
+        push(layout.uri("t"), ref)
+
+    push_version(0, b"one\n")
+    create(cli, store_dir, ref, "r0", *flags)
+    (damaged,) = [d for d in layer_dirs(store_dir)
+                  if os.path.exists(os.path.join(store_dir, "layers", d, "diff", "version"))]
+    os.unlink(os.path.join(store_dir, "layers", damaged, "diff", "version"))
+    r = create(cli, store_dir, ref, "r1", *flags, check=False)  # same tag, same image: refused
+    assert r.returncode == 1 and len(r.stdout.splitlines()) == 1, r.stdout
+    assert "damaged (/ changed since it was unpacked)" in r.stdout, r.stdout
+    push_version(1, b"two\n")  # the tag moves to an image without the damaged layer
+    spec = create(cli, store_dir, ref, "r2", *flags)
+    rootfs = spec["root"]["path"]
+    assert cli("--store", store_dir, "enter", "--", "cat", f"{rootfs}/version").stdout == "two\n"
+
+
 def test_pull_command_warms_the_cache(cli, store_dir, env, proxy):
     ref = f"{proxy.host}/{REPO}:v1"
     r = cli("--store", store_dir, "pull", "--insecure-registry", proxy.host, f"docker://{ref}")

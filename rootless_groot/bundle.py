@@ -2,7 +2,8 @@
 index, which the package's ``__init__`` imports from (see there for why and what is checked).
 
 Run by ``scripts/fast-entry.sh`` after an install, with the install's own python:
-``python -m rootless_groot.bundle``. Layout: a 4-byte little-endian length, the marshalled
+``python -m rootless_groot.bundle [SCRIPT ...]`` (each installed script also gets the install's
+``site-packages`` written in: see ``bin/rootless-groot``). Layout: a 4-byte little-endian length, the marshalled
 index ``{module: (source path, is_package, source mtime_ns, source size, offset, length)}``,
 then the marshalled code objects at those offsets.
 """
@@ -93,5 +94,25 @@ def build(package_dir: str = PACKAGE_DIR) -> str:
     return target
 
 
-if __name__ == "__main__":
+def write_site_packages(script: str, package_dir: str = PACKAGE_DIR) -> bool:
+    """Write the directory this package is installed in into an installed
+    ``bin/rootless-groot`` (its ``SITE_PACKAGES = ...`` line); False if the script has none."""
+    with open(script) as f:
+        lines = f.read().split("\n")
+    at = next((i for i, line in enumerate(lines) if line.startswith("SITE_PACKAGES = ")), None)
+    if at is None:
+        return False
+    lines[at] = f"SITE_PACKAGES = {os.path.dirname(package_dir)!r}"
+    tmp = f"{script}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines))
+    os.chmod(tmp, os.stat(script).st_mode & 0o7777)
+    os.replace(tmp, script)
+    return True
+
+
+if __name__ == "__main__":  # python -m rootless_groot.bundle [INSTALLED_SCRIPT ...]
     print(build())
+    for path in sys.argv[1:]:
+        if not write_site_packages(path):
+            print(f"{path}: no SITE_PACKAGES line to write", file=sys.stderr)

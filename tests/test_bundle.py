@@ -125,16 +125,26 @@ def test_tracebacks_name_the_source(site):
     assert "def check_id" in r.stderr or "raise" in r.stderr  # the source line is shown
 
 
-def test_fast_entry_writes_the_bundle_with_the_scripts_python(tmp_path):
+def test_fast_entry_writes_the_bundle_and_the_site_packages_with_the_scripts_python(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     site_packages = venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
     shutil.copytree(PACKAGE, site_packages / "rootless_groot", ignore=shutil.ignore_patterns("__pycache__"))
     script = venv / "bin" / "rootless-groot"
-    script.write_text(f"#!{venv}/bin/python\nprint()\n")
-    subprocess.run(["bash", str(FAST_ENTRY), str(script)], check=True, timeout=120, cwd=tmp_path)
+    generic = (Path(__file__).resolve().parents[1] / "bin" / "rootless-groot").read_text()
+    script.write_text(generic.replace("#!python -IS\n", f"#!{venv}/bin/python\n", 1))  # as pip writes it
+    script.chmod(0o755)
+    for _ in range(2):  # idempotent
+        r = subprocess.run(["bash", str(FAST_ENTRY), str(script)], timeout=120, cwd=tmp_path, capture_output=True,
+                           text=True)
+        assert r.returncode == 0 and r.stderr == "", r.stderr
     assert (site_packages / "rootless_groot" / "__pycache__" / f"bundle.{sys.implementation.cache_tag}").is_file()
-    assert script.read_text().startswith(f"#!{venv}/bin/python -IS\n")
+    text = script.read_text()
+    assert text.startswith(f"#!{venv}/bin/python -IS\n")
+    assert f"\nSITE_PACKAGES = {str(site_packages)!r}\n" in text
+    assert text.count("SITE_PACKAGES = ") == 1
+    r = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout == f"rootless-groot {rootless_groot.__version__}\n", r.stderr
 
 
 def test_a_child_that_closed_every_fd_still_imports_the_right_code(site):

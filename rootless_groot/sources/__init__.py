@@ -25,8 +25,16 @@ def open_source(ref: DockerRef | OCILayoutRef | TarballRef, platform: dict[str, 
     if isinstance(ref, DockerRef):
         store_root = registry_options.get("store_root")
         warm = _cached_registry_image(ref, platform, store_root) if store_root else None
-        if warm is not None and _still_current(ref, warm[1], registry_options, pending):
-            return _WarmRegistrySource(warm[0], lambda: _registry_source(ref, platform, registry_options))
+        if warm is not None:
+            due = _head_due(ref, registry_options)
+            if due is not False:
+                if due:  # resolve() waits for the registry's answer; the caller works meanwhile
+                    pending = pending or start_check(ref, registry_options)
+                elif pending is not None:
+                    pending.close()
+                    pending = None
+                return _WarmRegistrySource(warm[0], warm[1], pending,
+                                           lambda: _registry_source(ref, platform, registry_options))
         if pending is not None:
             pending.close()
         return _registry_source(ref, platform, registry_options)
@@ -55,18 +63,6 @@ def start_check(ref, options: dict):
                       registry_ca=options.get("registry_ca"))
 
 
-def _still_current(ref: DockerRef, top_digest: str, options: dict, pending=None) -> bool:
-    """Whether a cached resolution may be used without the full registry client: with
-    ``--pull always``, one anonymous HEAD must show the same manifest digest."""
-    due = _head_due(ref, options)
-    if due is None:
-        return True
-    if not due:
-        return False
-    pending = pending or start_check(ref, options)
-    return pending.digest() == top_digest
-
-
 def _registry_source(ref: DockerRef, platform: dict[str, str] | None, registry_options: dict) -> ImageSource:
     from .registry import RegistryOptions, RegistrySource
 
@@ -93,19 +89,28 @@ def _cached_registry_image(ref: DockerRef, platform: dict[str, str] | None, stor
 class _WarmRegistrySource:
     """A registry image whose resolution and layers are all in the store: no HTTP stack at all.
 
-    Should a layer vanish before it is used (a concurrent ``clean``), the real source is made then.
+    With ``--pull always`` the cached resolution (``cached``) holds only if one anonymous HEAD
+    (``pending``, sent early) shows the same manifest digest: ``resolve()`` reads its answer,
+    and resolves through the registry client when it differs or cannot be had. Should a layer
+    vanish before it is used (a concurrent ``clean``), the real source is made then.
     """
 
-    def __init__(self, image, make_source):
-        self._image = image
+    def __init__(self, image, top_digest: str, pending, make_source):
+        self.cached = image
+        self._top_digest = top_digest
+        self._pending = pending
         self._make_source = make_source
         self._source = None
 
     def resolve(self):
         from .. import log
 
-        log.info("registry.cached", manifest=self._image.manifest_digest)
-        return self._image
+        pending, self._pending = self._pending, None
+        if pending is not None and pending.digest() != self._top_digest:
+            self._source = self._make_source()
+            return self._source.resolve()
+        log.info("registry.cached", manifest=self.cached.manifest_digest)
+        return self.cached
 
     def open_blob(self, layer):
         if self._source is None:
@@ -114,5 +119,7 @@ class _WarmRegistrySource:
         return self._source.open_blob(layer)
 
     def close(self) -> None:
+        if self._pending is not None:
+            self._pending.close()
         if self._source is not None:
             self._source.close()
