@@ -141,7 +141,11 @@ def user_phase(args) -> int:
                 b.notes[name] = f"image {needs[name]!r} not in the cache (run make bench as root once)"
                 continue
             t = time.monotonic()
-            log(f"== {name}: {SCENARIOS[name].__doc__.splitlines()[0]}")
+            # What earlier scenarios wrote is written back first: a cold create's syncfs would
+            # otherwise flush another scenario's data (100,000 files after smallfiles) on its clock.
+            os.sync()
+            log(f"== {name}: {SCENARIOS[name].__doc__.splitlines()[0]} (sync took {time.monotonic() - t:.1f} s)")
+            t = time.monotonic()
             try:
                 SCENARIOS[name](b)
             except Exception as e:  # noqa: BLE001 - one broken scenario must not hide the others

@@ -7,6 +7,7 @@ machine hits them all alike.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -192,10 +193,12 @@ class RG:
             rm_tree(self.store)
 
 
-def round_robin(b: Bench, reps: int, entries: dict[str, tuple]) -> None:
+def round_robin(b: Bench, reps: int, entries: dict[str, tuple], settle: bool = False) -> None:
     """entries: key -> (fn, cleanup or None). Runs fn() reps times per key, interleaved, each
     round starting one entry later (what runs after an idle moment or after a given peer
-    changes from round to round); a key whose fn failed is not run again."""
+    changes from round to round); a key whose fn failed is not run again. ``settle``: write
+    back what the previous run left dirty before each run (untimed): cold creates that sync
+    must not pay for a peer's or a floor's unsynced files."""
     keys = list(entries)
     for i in range(reps):
         shift = i % len(keys) if keys else 0
@@ -206,6 +209,8 @@ def round_robin(b: Bench, reps: int, entries: dict[str, tuple]) -> None:
                 if s.error:
                     break
                 try:
+                    if settle:
+                        os.sync()
                     s.values.append(fn())
                     break
                 except Exception as e:  # noqa: BLE001 - reported in the table
@@ -291,7 +296,7 @@ def cold(b: Bench) -> None:
     else:
         b.missing("floor.inflate_isal", "python-isal not installed in the bench venv")
         b.missing("floor.isal_tar", "python-isal not installed in the bench venv")
-    round_robin(b, b.reps.cold, entries)
+    round_robin(b, b.reps.cold, entries, settle=True)
 
 
 def syncfs(b: Bench) -> None:
@@ -316,7 +321,7 @@ def syncfs(b: Bench) -> None:
                              "rootless_groot.syscalls.syncfs?)")
         return t
 
-    round_robin(b, b.reps.syncfs, {"syncfs.on": (on, on_clean),
+    round_robin(b, b.reps.syncfs, settle=True, entries={"syncfs.on": (on, on_clean),
                                    "syncfs.off": _cold_rg(b, "debian", argv0=runner, env=env_off)})
 
 
@@ -524,7 +529,7 @@ def layers(b: Bench) -> None:
     if not b.podman_problem and not b.reps.quick:
         entries["layers.podman2"] = _podman_pull(b, "layers2")
         entries["layers.podman128"] = _podman_pull(b, "layers128")
-    round_robin(b, b.reps.layers, entries)
+    round_robin(b, b.reps.layers, entries, settle=True)
 
 
 def smallfiles(b: Bench) -> None:
@@ -538,7 +543,7 @@ def smallfiles(b: Bench) -> None:
     if not b.reps.quick:
         entries["smallfiles.tar_xzf"] = (
             lambda: peers.tar_extract_parallel(img.blob_paths, b.fresh("floor"), b.env, "gzip"), None)
-    round_robin(b, b.reps.smallfiles, entries)
+    round_robin(b, b.reps.smallfiles, entries, settle=True)
 
 
 def grootfs(b: Bench) -> None:
@@ -561,7 +566,7 @@ def grootfs(b: Bench) -> None:
         entries["grootfs.floor.isal_tar"] = (
             lambda: peers.tar_extract_parallel(b.images["debian"].blob_paths, b.fresh_in(xfs, "floor"), b.env,
                                                "isal"), None)
-    round_robin(b, b.reps.cold, entries)
+    round_robin(b, b.reps.cold, entries, settle=True)
 
     mem_stores = iter(setup["stores"]["memory"])
 
