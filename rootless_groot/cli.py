@@ -282,7 +282,8 @@ def _open_or_init(cfg):
 
 
 def cmd_create(args, cfg) -> int:
-    from .store.images import check_id, runtime_spec, settle_image
+    from .store.imageinfo import check_id
+    from .store.images import runtime_spec, settle_image
 
     check_id(args.id)
     _start_registry_check(args, cfg)

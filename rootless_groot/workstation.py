@@ -36,7 +36,8 @@ def run(args, cfg, ctx: StoreContext, create: Callable) -> int:
     """Create (or reuse ``--name``) the image, run the container in the store's namespace, pass
     the exit status back; ``--rm`` deletes the image afterwards, whatever happened."""
     from .runtime import bundle_config, container_name, find_runtime, run_runtime, write_bundle
-    from .store.images import check_id, delete_image, read_image, settle_image
+    from .store.imageinfo import check_id, read_image
+    from .store.images import delete_image, settle_image
     from .store.layers import make_temp_dir, remove_tree
 
     image_id = args.name or f"run-{os.urandom(4).hex()}"
@@ -67,7 +68,7 @@ def bundle(args, ctx: StoreContext) -> int:
     """``DIR/config.json`` for the image's mounted rootfs, as ``umoci unpack`` writes a bundle;
     run it inside the store's namespace: ``rootless-groot enter -- runc --root STATE run --bundle DIR ID``."""
     from .runtime import bundle_config, write_bundle
-    from .store.images import read_image
+    from .store.imageinfo import read_image
 
     info = read_image(ctx, args.id)
     rootfs, process = _prepare(ctx, info, (), (), None, False)

@@ -12,7 +12,8 @@ import os
 
 from .. import log
 from ..errors import GrootError
-from .images import ensure_mounted, half_made_ids, image_ids, read_image, settle_image
+from .imageinfo import half_made_ids, image_ids, read_image
+from .images import ensure_mounted, settle_image
 from .integrity import MANIFEST, full_check
 from .layers import ensure_layers, remove_tree
 from .locks import flocked

@@ -11,7 +11,8 @@ import os
 from .. import log
 from ..errors import GrootError
 from .context import StoreContext
-from .images import half_made_ids, image_ids, read_image, settle_image
+from .imageinfo import half_made_ids, image_ids, read_image
+from .images import settle_image
 from .layers import layer_size, remove_tree
 from .locks import flocked
 

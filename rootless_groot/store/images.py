@@ -17,18 +17,7 @@ import os
 from .. import log
 from ..errors import GrootError, NotFound
 from ..fastjson import dumps
-from .imageinfo import (  # noqa: F401 - the read side, also used through this module
-    IMAGE_META,
-    PENDING_META,
-    ImageInfo,
-    _flag_path,
-    check_id,
-    half_made_ids,
-    image_ids,
-    is_real,
-    mount_in_doubt,
-    read_image,
-)
+from .imageinfo import IMAGE_META, PENDING_META, ImageInfo, _flag_path, image_ids, is_real, read_image
 
 # .layers and .locks are imported inside the functions that change the store.
 
