@@ -86,11 +86,7 @@ def build(package_dir: str = PACKAGE_DIR) -> str:
         raise RuntimeError("bundle index size does not settle")
     target = bundle_path(package_dir)
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    tmp = f"{target}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(len(header).to_bytes(4, "little") + header + b"".join(e[5] for e in entries))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, target)
+    _replace(target, len(header).to_bytes(4, "little") + header + b"".join(e[5] for e in entries), 0o644)
     return target
 
 
@@ -103,12 +99,17 @@ def write_site_packages(script: str, package_dir: str = PACKAGE_DIR) -> bool:
     if at is None:
         return False
     lines[at] = f"SITE_PACKAGES = {os.path.dirname(package_dir)!r}"
-    tmp = f"{script}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines))
-    os.chmod(tmp, os.stat(script).st_mode & 0o7777)
-    os.replace(tmp, script)
+    _replace(script, "\n".join(lines).encode(), os.stat(script).st_mode & 0o7777)
     return True
+
+
+def _replace(path: str, data: bytes, mode: int) -> None:
+    """Write ``path`` whole or not at all: a running command may be reading it."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":  # python -m rootless_groot.bundle [INSTALLED_SCRIPT ...]

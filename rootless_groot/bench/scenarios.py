@@ -622,9 +622,9 @@ def profile(b: Bench) -> None:
     """Where a warm command's time goes: phases timed from inside (bench/profile.py)."""
     from .profile import Profiler
 
-    rg = _warm_store(b, "store-profile")
+    rg = RG(b, b.fresh("store-profile"))
     try:
-        for image_id in ("seed", "keep"):
+        for image_id in ("seed", "keep"):  # the first one pulls the layers
             rg.create("debian", image_id, "--without-mount")
         out = b.fresh("profile")
         out.mkdir()
